@@ -1,0 +1,112 @@
+"""`rvos-edge` command line (DESIGN.md section 6).
+
+Each subcommand is two small functions here, `_add_<name>(parser)` and
+`_run_<name>(args) -> int`, listed in COMMANDS at the bottom. Handlers import
+their modules lazily, so commands that only need the runtime (`run` on ONNX
+Runtime) never import torch. A `UserError` becomes one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rvos_edge.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rvos-edge", description="VLP-RVOS edge deployment toolkit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_arguments, handler, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        add_arguments(sp)
+        sp.set_defaults(handler=handler)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as e:
+        print(f"rvos-edge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rvos-edge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _model_config(source: str):
+    """A preset name or a checkpoint path -> ModelConfig."""
+    from rvos_edge.config import PRESETS, get_config
+    if source in PRESETS:
+        return get_config(source)
+    if source.endswith(".safetensors") or os.path.exists(source):
+        from rvos_edge.model.checkpoint import read_checkpoint_config
+        return read_checkpoint_config(source)
+    raise UserError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
+
+
+def _add_init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("preset", help="tiny, demo, vit-b16 or vit-l14")
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the learnable parts' initialisation")
+    p.add_argument("--clip-weights", help="OpenAI-format CLIP weights (random CLIP when omitted)")
+    p.add_argument("--trainable-only", action="store_true",
+                   help="store only the non-CLIP weights and the CLIP file's sha256")
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from rvos_edge.config import get_config
+    from rvos_edge.model import build_model, save_checkpoint
+    cfg = get_config(args.preset)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"checkpoint path must end in .safetensors: {out}")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write to folder {out.parent}")
+    if args.clip_weights and not os.path.isfile(args.clip_weights):
+        raise UserError(f"CLIP weights {args.clip_weights} do not exist")
+    model = build_model(cfg, args.clip_weights, seed=args.seed)
+    save_checkpoint(model, out, trainable_only=args.trainable_only)
+    counts = model.parameter_counts()
+    learnable = sum(c["learnable"] for c in counts.values())
+    frozen = sum(c["frozen"] for c in counts.values())
+    clip = args.clip_weights or "random CLIP"
+    print(f"wrote {out}: preset {cfg.name}, {learnable:,} learnable + {frozen:,} frozen parameters, "
+          f"seed {args.seed}, {clip}")
+    return 0
+
+
+def _add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="CKPT|PRESET")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of tables")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import torch
+    from rvos_edge.model import VLPRVOS
+    cfg = _model_config(args.source)
+    with torch.device("meta"):                 # counts need shapes only: no memory, no init
+        counts = VLPRVOS(cfg).parameter_counts()
+    learnable = sum(c["learnable"] for c in counts.values())
+    frozen = sum(c["frozen"] for c in counts.values())
+    if args.json:
+        print(json.dumps({"config": cfg.to_dict(), "learnable": learnable, "frozen": frozen, "modules": counts}, indent=2))
+        return 0
+    for key, value in cfg.to_dict().items():
+        print(f"{key:18} {value}")
+    print()
+    print(f"{'module':18} {'learnable':>14} {'frozen':>14}")
+    for name, c in counts.items():
+        print(f"{name:18} {c['learnable']:>14,} {c['frozen']:>14,}")
+    print(f"{'total':18} {learnable:>14,} {frozen:>14,}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+    "init": (_add_init, _run_init, "write a checkpoint for a preset (random or given CLIP weights)"),
+    "info": (_add_info, _run_info, "print a config and its learnable/frozen parameter counts"),
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

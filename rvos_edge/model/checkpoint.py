@@ -1,0 +1,119 @@
+"""Checkpoints: one .safetensors file, the ModelConfig in its metadata.
+
+Two forms:
+- full: every weight, CLIP included;
+- trainable-only (`trainable_only=True`): the non-CLIP weights plus the sha256
+  of the CLIP weights file the model was built from; `load_checkpoint(path,
+  clip_weights=FILE)` completes it and refuses a CLIP file with another sha256.
+
+Nothing is unpickled: safetensors holds only tensors and string metadata.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rvos_edge.config import ModelConfig, get_config
+from rvos_edge.errors import UserError
+from rvos_edge.model.clip import clip_from_state_dict, infer_arch
+from rvos_edge.model.vlprvos import VLPRVOS, clip_arch
+from rvos_edge.model.weights import file_sha256, read_safetensors_metadata, read_state_dict
+
+FORMAT = "rvos-edge-checkpoint"
+FORMAT_VERSION = "1"
+
+
+def build_model(preset_or_config: str | ModelConfig, clip_weights: str | os.PathLike | None = None,
+                seed: int = 0) -> VLPRVOS:
+    """A VLP-RVOS model: learnable parts initialised from `seed` (the global RNG is left alone),
+    CLIP from `clip_weights` (OpenAI format, positional embedding resized to the config's
+    image size) or randomly initialised when none is given."""
+    cfg = get_config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VLPRVOS(cfg)
+    model.clip_sha256 = None
+    if clip_weights is not None:
+        sd = read_state_dict(clip_weights)
+        have, want = infer_arch(sd), clip_arch(cfg)
+        diff = [f"{k}: file {v}, config {getattr(want, k)}" for k, v in have.__dict__.items()
+                if getattr(want, k) != v and k not in ("image_size", "vision_heads", "text_heads")]
+        if diff:
+            raise UserError(f"CLIP weights {clip_weights} do not fit config {cfg.name!r} ({'; '.join(diff)})")
+        clip = clip_from_state_dict(sd, cfg.image_size, cfg.vision_heads, cfg.text_heads, source=str(clip_weights))
+        model.clip.load_state_dict(clip.state_dict())
+        model.clip_sha256 = file_sha256(clip_weights)
+    return model
+
+
+def save_checkpoint(model: VLPRVOS, path: str | os.PathLike, trainable_only: bool = False) -> None:
+    """Write `model` to `path` (.safetensors) atomically."""
+    state = model.state_dict()
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json(),
+                "contents": "trainable" if trainable_only else "full"}
+    if trainable_only:
+        if getattr(model, "clip_sha256", None) is None:
+            raise UserError("a trainable-only checkpoint needs a model built from a CLIP weights file "
+                            "(its sha256 is recorded); save a full checkpoint instead")
+        state = {k: v for k, v in state.items() if not k.startswith("clip.")}
+    if getattr(model, "clip_sha256", None):
+        metadata["clip_sha256"] = model.clip_sha256
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig stored in a checkpoint, without reading its tensors."""
+    return ModelConfig.from_json(_metadata(path)["config"])
+
+
+def _metadata(path: str | os.PathLike) -> dict[str, str]:
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    meta = read_safetensors_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not an rvos-edge checkpoint (no '{FORMAT}' metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format version {meta.get('format_version')} is not supported "
+                        f"(this rvos-edge reads version {FORMAT_VERSION})")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, clip_weights: str | os.PathLike | None = None) -> VLPRVOS:
+    """Read a checkpoint written by save_checkpoint; a trainable-only one needs `clip_weights`."""
+    meta = _metadata(path)
+    cfg = ModelConfig.from_json(meta["config"])
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {e}") from None
+    if meta.get("contents") == "trainable":
+        if clip_weights is None:
+            raise UserError(f"{path} holds only the trainable weights; pass the CLIP weights file "
+                            f"(sha256 {meta.get('clip_sha256')}) with clip_weights= / --clip-weights")
+        if file_sha256(clip_weights) != meta.get("clip_sha256"):
+            raise UserError(f"CLIP weights {clip_weights} are not the ones {path} was trained with "
+                            f"(sha256 {meta.get('clip_sha256')})")
+        model = build_model(cfg, clip_weights)
+        state = {**model.clip.state_dict(prefix="clip."), **state}
+    else:
+        model = VLPRVOS(cfg)
+        model.clip_sha256 = meta.get("clip_sha256")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"checkpoint {path} does not match its config: {first}") from None
+    return model

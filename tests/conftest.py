@@ -1,0 +1,23 @@
+"""Shared fixtures: a tiny model built once per session, and inputs for it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rvos_edge.model.tokenizer import tokenize_for_prompts
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from rvos_edge.model import build_model
+    return build_model("tiny", seed=0).eval()
+
+
+def make_frames(batch: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Random uint8 frames [B, Tc, S, S, 3]."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, frames, size, size, 3), generator=g, dtype=torch.uint8)
+
+
+def make_tokens(texts: list[str], prompts: int) -> torch.Tensor:
+    return torch.from_numpy(tokenize_for_prompts(texts, prompts).tokens)
