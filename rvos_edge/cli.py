@@ -103,9 +103,67 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="DIR|CKPT", help="artifact folder (ort) or .safetensors checkpoint (torch)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", metavar="PATH", help="video file")
+    src.add_argument("--frames", metavar="DIR", help="folder of images, taken in natural name order")
+    src.add_argument("--camera", metavar="N", type=int, help="camera index (stop with --max-frames or Ctrl-C)")
+    p.add_argument("--expr", metavar="TEXT", action="append", required=True,
+                   help="referring expression; repeat for several (one decode, a mask folder each)")
+    p.add_argument("--out", metavar="OUT", help="output folder (default runs/<source name>)")
+    p.add_argument("--backend", choices=("ort", "torch", "trt"),
+                   help="default: ort for a folder, torch for a checkpoint")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's, within the engine's range)")
+    p.add_argument("--max-frames", metavar="N", type=int, help="stop after N frames")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from rvos_edge.runtime.run import run_command
+    return run_command(args.path, expressions=args.expr, video=args.video, frames=args.frames, camera=args.camera,
+                       out=args.out, backend=args.backend, precision=args.precision, clip_len=args.clip_len,
+                       max_frames=args.max_frames, device=args.device, threads=args.threads)
+
+
+def _clip_len_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX, got {text!r}") from None
+    return lo, hi
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--out", required=True, metavar="DIR", help="artifact folder to write")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--clip-len", type=int, metavar="N", help="static clip length (default: the config's)")
+    length.add_argument("--clip-len-range", type=_clip_len_range, metavar="MIN:MAX", help="dynamic clip length range")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--attention", default="decomposed", choices=["decomposed"],
+                   help="CF-MSA as standard ops (runs everywhere)")
+    p.add_argument("--clip-weights", help="CLIP weights completing a trainable-only checkpoint")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from rvos_edge.export.onnx_export import export_artifacts
+    manifest, errors = export_artifacts(args.checkpoint, args.out, clip_len=args.clip_len if args.clip_len is not None else args.clip_len_range,
+                                        opset=args.opset, attention=args.attention, clip_weights=args.clip_weights)
+    lo, hi = manifest.clip_len
+    worst = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
+    print(f"exported {manifest.config.name} to {args.out}: clip length {lo if lo == hi else f'{lo}..{hi}'}, "
+          f"opset {manifest.opset}, verified against PyTorch (max abs error {worst})")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "init": (_add_init, _run_init, "write a checkpoint for a preset (random or given CLIP weights)"),
     "info": (_add_info, _run_info, "print a config and its learnable/frozen parameter counts"),
+    "export": (_add_export, _run_export, "export a checkpoint to ONNX graphs and a manifest"),
+    "run": (_add_run, _run_run, "segment a video, image folder or camera for one or more expressions"),
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,339 @@
+"""`manifest.json`: what an artifact folder holds and how to check it (DESIGN.md section 4).
+
+An artifact folder written by ``rvos-edge export`` holds ``text_encoder.onnx``,
+``clip_model.onnx``, precision variants beside them, and ``manifest.json``:
+
+    {"format": "rvos-edge-artifacts", "format_version": 1,
+     "config": {... ModelConfig.to_dict() ...},
+     "opset": 17, "attention": "decomposed", "precision": "fp32",
+     "clip_len": {"min": 6, "max": 6},                    # static when min == max
+     "graphs": {"text_encoder": {"file": "text_encoder.onnx",
+                                 "inputs": [{"name": "tokens", "dtype": "int64", "shape": ["B", 77]}],
+                                 "outputs": [...]},
+                "clip_model": {...}},
+     "files": {"text_encoder.onnx": "<sha256 hex>", ...},  # every file, external data included
+     "variants": {"fp16": {"text_encoder": "text_encoder.fp16.onnx", "clip_model": "clip_model.fp16.onnx"}},
+     "tokenizer_vocab_sha256": "<sha256 hex>",
+     "producer": {"rvos_edge": "0.1.0", "torch": "...", "onnx": "...", "onnxruntime": "..."}}
+
+Dtypes are numpy names ("int64", "float32", "bool", "uint8", "float16"); symbolic
+dimensions are strings ("B" for the batch, "Tc" for a clip-length range).
+`expected_graphs` gives the tensors the runtime relies on, so the exporter
+writes them and `load_manifest` checks them.
+
+`load_manifest` fails with a `ManifestError` (a `UserError`: one line, exit 2 in
+the CLI) naming what is wrong: no manifest, not JSON, another format or format
+version, a missing field, a config that does not parse, a file that is missing
+or whose sha256 differs, a tokenizer vocabulary other than the installed one.
+Importing this module does not import torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from rvos_edge.config import ModelConfig
+from rvos_edge.errors import UserError
+
+FORMAT = "rvos-edge-artifacts"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TEXT_ENCODER = "text_encoder"
+CLIP_MODEL = "clip_model"
+GRAPH_NAMES = (TEXT_ENCODER, CLIP_MODEL)
+DTYPES = ("bool", "uint8", "int32", "int64", "float16", "float32")
+
+Dim = int | str
+
+
+class ManifestError(UserError):
+    """An artifact folder whose manifest or files cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, numpy dtype name, shape (symbolic dims are strings)."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "TensorSpec":
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+            raise ManifestError(f"{where}: a tensor must be an object with a string 'name'")
+        dtype, shape = d.get("dtype"), d.get("shape")
+        if dtype not in DTYPES:
+            raise ManifestError(f"{where}: tensor {d['name']!r} has unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+        if not isinstance(shape, list) or not all(isinstance(s, (int, str)) and not isinstance(s, bool) for s in shape):
+            raise ManifestError(f"{where}: tensor {d['name']!r} needs a shape list of ints and dimension names")
+        return cls(d["name"], dtype, tuple(shape))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of the folder: its file name and tensors."""
+
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file,
+                "inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "GraphSpec":
+        if not isinstance(d, dict) or not isinstance(d.get("file"), str):
+            raise ManifestError(f"{where}: a graph must be an object with a string 'file'")
+        tensors = {}
+        for key in ("inputs", "outputs"):
+            if not isinstance(d.get(key), list):
+                raise ManifestError(f"{where}: '{key}' must be a list of tensors")
+            tensors[key] = tuple(TensorSpec.from_dict(t, f"{where}.{key}") for t in d[key])
+        return cls(d["file"], tensors["inputs"], tensors["outputs"])
+
+
+def expected_graphs(config: ModelConfig, clip_len: tuple[int, int | None]) -> dict[str, GraphSpec]:
+    """The two graphs the runtime relies on, for `config` and a (min, max) clip length.
+
+    Tc is the int clip length when min == max, else the dimension name "Tc"
+    (max None: unbounded).
+    """
+    ce, s, m, mh, ctx = config.embed_dim, config.image_size, config.mask_size, config.history_prompts, config.context_length
+    tc: Dim = clip_len[0] if clip_len[0] == clip_len[1] else "Tc"
+    text_out = (TensorSpec("text_feats", "float32", ("B", ctx, ce)),
+                TensorSpec("text_mask", "bool", ("B", ctx)),
+                TensorSpec("text_global", "float32", ("B", ce)))
+    return {
+        TEXT_ENCODER: GraphSpec(f"{TEXT_ENCODER}.onnx", (TensorSpec("tokens", "int64", ("B", ctx)),), text_out),
+        CLIP_MODEL: GraphSpec(
+            f"{CLIP_MODEL}.onnx",
+            (TensorSpec("frames", "uint8", ("B", tc, s, s, 3)), *text_out,
+             TensorSpec("history", "float32", ("B", mh, ce)),
+             TensorSpec("has_history", "float32", ("B", 1))),
+            (TensorSpec("mask_logits", "float32", ("B", tc, m, m)),
+             TensorSpec("history_out", "float32", ("B", mh, ce)))),
+    }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.json`` of an artifact folder.
+
+    clip_len: (min, max) clip length the clip graph accepts; static when equal.
+    graphs: the base-precision graphs, keyed by GRAPH_NAMES.
+    files: sha256 (hex) of every file of the folder, keyed by file name.
+    variants: other precisions, e.g. {"fp16": {"text_encoder": "text_encoder.fp16.onnx", ...}}.
+    """
+
+    config: ModelConfig
+    graphs: dict[str, GraphSpec]
+    files: dict[str, str]
+    tokenizer_vocab_sha256: str
+    clip_len: tuple[int, int]
+    opset: int = 17
+    attention: str = "decomposed"
+    precision: str = "fp32"
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)
+    producer: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def precisions(self) -> list[str]:
+        """Every precision the folder holds graphs for, the base one first."""
+        return [self.precision, *(p for p in self.variants if p != self.precision)]
+
+    def graph_files(self, precision: str | None = None) -> dict[str, str]:
+        """{"text_encoder": file, "clip_model": file} for `precision` (default: the base precision)."""
+        precision = precision or self.precision
+        if precision == self.precision:
+            return {name: self.graphs[name].file for name in GRAPH_NAMES}
+        if precision not in self.variants:
+            raise ManifestError(f"no {precision} graphs in this artifact folder (it has: {', '.join(self.precisions)}); "
+                                f"build them with `rvos-edge build DIR --precision {precision}`")
+        return dict(self.variants[precision])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "opset": self.opset, "attention": self.attention, "precision": self.precision,
+            "clip_len": {"min": self.clip_len[0], "max": self.clip_len[1]},
+            "graphs": {name: g.to_dict() for name, g in self.graphs.items()},
+            "files": dict(self.files),
+            "variants": {p: dict(v) for p, v in self.variants.items()},
+            "tokenizer_vocab_sha256": self.tokenizer_vocab_sha256,
+            "producer": dict(self.producer),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Manifest":
+        """Parse and check a manifest's JSON object (format, fields, contract tensors); no file access."""
+        if not isinstance(d, dict):
+            raise ManifestError("manifest.json must hold a JSON object")
+        if d.get("format") != FORMAT:
+            raise ManifestError(f"manifest format is {d.get('format')!r}, expected {FORMAT!r}: not an rvos-edge artifact folder")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ManifestError(f"artifact format version {d.get('format_version')!r} but this rvos-edge reads version "
+                                f"{FORMAT_VERSION}: re-export with this version of rvos-edge")
+
+        def get(key: str, kind: type) -> Any:
+            value = d.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ManifestError(f"manifest field {key!r} is missing or not {kind.__name__}")
+            return value
+
+        try:
+            config = ModelConfig.from_dict(get("config", dict))
+        except (UserError, TypeError) as e:
+            raise ManifestError(f"manifest config does not parse: {e}") from None
+        cl = get("clip_len", dict)
+        lo, hi = cl.get("min"), cl.get("max")
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+            raise ManifestError(f"manifest clip_len must be {{'min': a, 'max': b}} with 1 <= a <= b, got {cl}")
+        graphs = get("graphs", dict)
+        missing = [g for g in GRAPH_NAMES if g not in graphs]
+        if missing:
+            raise ManifestError(f"manifest has no graph {', '.join(missing)}")
+        variants = get("variants", dict)
+        for p, v in variants.items():
+            if not isinstance(v, dict) or sorted(v) != sorted(GRAPH_NAMES) or not all(isinstance(f, str) for f in v.values()):
+                raise ManifestError(f"manifest variant {p!r} must name a file for each of {', '.join(GRAPH_NAMES)}")
+        files = get("files", dict)
+        if not all(isinstance(h, str) for h in files.values()):
+            raise ManifestError("manifest 'files' must map file names to sha256 hex strings")
+        manifest = cls(
+            config=config,
+            graphs={g: GraphSpec.from_dict(graphs[g], f"graphs.{g}") for g in GRAPH_NAMES},
+            files=dict(files),
+            tokenizer_vocab_sha256=get("tokenizer_vocab_sha256", str),
+            clip_len=(lo, hi),
+            opset=get("opset", int), attention=get("attention", str), precision=get("precision", str),
+            variants={p: dict(v) for p, v in variants.items()},
+            producer=dict(get("producer", dict)),
+        )
+        manifest._check_contract()
+        return manifest
+
+    def _check_contract(self) -> None:
+        """Graph tensors carry the names and dtypes the runtime uses; every graph file has a sha256."""
+        expected = expected_graphs(self.config, self.clip_len)
+        for name in GRAPH_NAMES:
+            for kind in ("inputs", "outputs"):
+                want = {t.name: t.dtype for t in getattr(expected[name], kind)}
+                have = {t.name: t.dtype for t in getattr(self.graphs[name], kind)}
+                if want != have:
+                    raise ManifestError(f"manifest graph {name} has {kind} {have}, this rvos-edge expects {want}: "
+                                        "re-export with this version of rvos-edge")
+        named = [g.file for g in self.graphs.values()] + [f for v in self.variants.values() for f in v.values()]
+        unlisted = [f for f in named if f not in self.files]
+        if unlisted:
+            raise ManifestError(f"manifest names {', '.join(unlisted)} but lists no sha256 for it")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 (hex) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_files(directory: str | os.PathLike[str], names: Iterable[str]) -> dict[str, str]:
+    """{name: sha256} for files of `directory` (the manifest's "files" field)."""
+    return {name: sha256_file(Path(directory) / name) for name in names}
+
+
+def producer_versions() -> dict[str, str]:
+    """Versions of rvos_edge, onnx and onnxruntime, and of torch when it is already imported."""
+    import rvos_edge
+
+    versions = {"rvos_edge": rvos_edge.__version__}
+    for dist in ("torch", "onnx", "onnxruntime"):
+        if dist == "torch" and "torch" not in sys.modules:
+            continue
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and os.replace.
+
+    A reader sees the old file or the new one, never part of one; on failure the
+    temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(directory: str | os.PathLike[str], manifest: Manifest) -> Path:
+    """Write ``directory/manifest.json`` atomically; returns its path."""
+    path = Path(directory) / MANIFEST_NAME
+    atomic_write_bytes(path, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+    return path
+
+
+def load_manifest(directory: str | os.PathLike[str], verify_files: bool = True) -> Manifest:
+    """Read and check ``directory/manifest.json``.
+
+    verify_files: also check that every listed file exists and matches its sha256.
+    The tokenizer's vocabulary sha256 is always compared with the installed one.
+    """
+    from rvos_edge.model.tokenizer import vocab_sha256
+
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise ManifestError(f"{directory} is not a folder (an artifact folder from `rvos-edge export` is expected)")
+    if not path.is_file():
+        raise ManifestError(f"no {MANIFEST_NAME} in {directory}: not an artifact folder from `rvos-edge export`")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"cannot read {path}: {e}") from None
+    manifest = Manifest.from_dict(d)
+    if manifest.tokenizer_vocab_sha256 != vocab_sha256():
+        raise ManifestError(f"{path} was exported with another tokenizer vocabulary (sha256 "
+                            f"{manifest.tokenizer_vocab_sha256[:12]}..., installed {vocab_sha256()[:12]}...): "
+                            "re-export with this version of rvos-edge")
+    if verify_files:
+        verify_manifest_files(directory, manifest.files)
+    return manifest
+
+
+def verify_manifest_files(directory: str | os.PathLike[str], files: Mapping[str, str]) -> None:
+    """Each of `files` exists in `directory` and has the listed sha256; a ManifestError names the first that does not."""
+    for name, digest in files.items():
+        p = Path(directory) / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ManifestError(f"manifest lists {name!r}, which is outside the artifact folder")
+        if not p.is_file():
+            raise ManifestError(f"{name} is listed in {Path(directory) / MANIFEST_NAME} but missing from the folder")
+        try:
+            actual = sha256_file(p)
+        except OSError as e:
+            raise ManifestError(f"cannot read {p}: {e.strerror}") from None
+        if actual != digest:
+            raise ManifestError(f"{name} does not match its sha256 in the manifest (changed or corrupt): re-export the folder")

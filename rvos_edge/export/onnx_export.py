@@ -1,0 +1,207 @@
+"""Checkpoint -> `text_encoder.onnx`, `clip_model.onnx`, `manifest.json` (DESIGN.md section 4).
+
+    export_artifacts("tiny.safetensors", "artifacts/", clip_len=(1, 8))
+
+How the graphs are made:
+- the prompt interaction is folded into constants and CF-MSA / PRTC run their
+  `decomposed` / plain-attention forms, so the graphs hold standard ONNX ops only;
+- `torch.onnx.export(..., dynamo=True)` traces each wrapper below with a dynamic
+  batch "B" and, for a clip-length range, a dynamic "Tc". This exporter writes
+  opset 18; lower opsets are refused because onnx's version converter cannot
+  take these graphs below 18 (ONNX Runtime >= 1.14 and TensorRT 10.x read 18);
+- the export checks itself: `onnx.checker`, tensor names/dtypes against the
+  manifest contract, and ONNX Runtime against PyTorch on random inputs at both
+  ends of the clip-length range (mask_logits <= 1e-3, history_out and text
+  features <= 1e-4 max abs difference); above tolerance it fails and writes nothing.
+Everything is written to a temporary folder beside DIR and moved in at the end,
+manifest last, so DIR never holds a half-written export.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from rvos_edge.errors import UserError
+from rvos_edge.export.manifest import (CLIP_MODEL, TEXT_ENCODER, GraphSpec, Manifest, expected_graphs,
+                                       hash_files, producer_versions, write_manifest)
+from rvos_edge.model.checkpoint import load_checkpoint
+from rvos_edge.model.text import TextFeatures
+from rvos_edge.model.tokenizer import tokenize_for_prompts, vocab_sha256
+from rvos_edge.model.vlprvos import VLPRVOS
+
+OPSET = 18
+TOLERANCE = {"mask_logits": 1e-3, "history_out": 1e-4, "text_feats": 1e-4, "text_global": 1e-4}
+_TWO_GB = 2 * 1024 ** 3
+
+
+class TextEncoderGraph(nn.Module):
+    """tokens int64 [B, 77] -> text_feats [B, 77, Ce], text_mask bool [B, 77], text_global [B, Ce]."""
+
+    def __init__(self, model: VLPRVOS) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(self.model.encode_text(tokens))
+
+
+class ClipModelGraph(nn.Module):
+    """frames uint8 [B, Tc, S, S, 3] + text features + history -> mask_logits, history_out."""
+
+    def __init__(self, model: VLPRVOS) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: Tensor, text_feats: Tensor, text_mask: Tensor, text_global: Tensor,
+                history: Tensor, has_history: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.forward_clip(frames, TextFeatures(text_feats, text_mask, text_global), history, has_history)
+
+
+def _sample_inputs(model: VLPRVOS, batch: int, clip_len: int, seed: int) -> dict[str, Tensor]:
+    """Random but meaningful inputs: real token ids, uint8 frames, a history for one item only."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    exprs = ["the red circle moving to the left", "a small blue square on the right"][:batch]
+    tokens = torch.from_numpy(tokenize_for_prompts(exprs, cfg.language_prompts).tokens)
+    with torch.no_grad():
+        text = model.encode_text(tokens)
+    return {
+        "tokens": tokens,
+        "frames": torch.randint(0, 256, (batch, clip_len, cfg.image_size, cfg.image_size, 3), generator=g, dtype=torch.uint8),
+        "text_feats": text.feats, "text_mask": text.mask, "text_global": text.global_,
+        "history": torch.randn(batch, cfg.history_prompts, cfg.embed_dim, generator=g),
+        "has_history": (torch.arange(batch) % 2 == 0).float()[:, None],
+    }
+
+
+def _export_graph(module: nn.Module, spec: GraphSpec, inputs: dict[str, Tensor], path: Path,
+                  clip_len: tuple[int, int]) -> None:
+    names = [t.name for t in spec.inputs]
+    batch = torch.export.Dim("B", min=1, max=1024)
+    time = torch.export.Dim("Tc", min=clip_len[0], max=clip_len[1]) if clip_len[0] != clip_len[1] else None
+    dynamic = {n: {0: batch, **({1: time} if n == "frames" and time is not None else {})} for n in names}
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, tuple(inputs[n] for n in names), dynamo=True, opset_version=OPSET,
+                                    input_names=names, output_names=[t.name for t in spec.outputs],
+                                    dynamic_shapes=dynamic, verbose=False)
+    program.save(str(path), external_data=params > _TWO_GB * 0.9)
+    onnx.checker.check_model(str(path))
+    _check_io(path, spec)
+
+
+def _check_io(path: Path, spec: GraphSpec) -> None:
+    """The written graph has the contract's tensor names and dtypes, in order."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dtype = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool",
+             onnx.TensorProto.INT64: "int64", onnx.TensorProto.UINT8: "uint8"}
+    for kind, got in (("inputs", graph.input), ("outputs", graph.output)):
+        have = [(v.name, dtype.get(v.type.tensor_type.elem_type, "?")) for v in got]
+        want = [(t.name, t.dtype) for t in getattr(spec, kind)]
+        if have != want:
+            raise RuntimeError(f"exported {path.name} has {kind} {have}, the contract says {want}")
+
+
+def _verify(model: VLPRVOS, folder: Path, specs: dict[str, GraphSpec], clip_len: tuple[int, int]) -> dict[str, float]:
+    """ONNX Runtime vs PyTorch on random inputs; returns the max abs difference per output."""
+    import onnxruntime as ort
+
+    sessions = {name: ort.InferenceSession(str(folder / spec.file), providers=["CPUExecutionProvider"])
+                for name, spec in specs.items()}
+    worst: dict[str, float] = {}
+    for seed, tc in enumerate(sorted({clip_len[0], clip_len[1]})):
+        inputs = _sample_inputs(model, batch=2, clip_len=tc, seed=seed)
+        with torch.no_grad():
+            expected = {"text_feats": inputs["text_feats"], "text_global": inputs["text_global"]}
+            expected["mask_logits"], expected["history_out"] = model.forward_clip(
+                inputs["frames"], TextFeatures(inputs["text_feats"], inputs["text_mask"], inputs["text_global"]),
+                inputs["history"], inputs["has_history"])
+        for name, spec in specs.items():
+            feeds = {t.name: inputs[t.name].numpy() for t in spec.inputs}
+            for t, value in zip(spec.outputs, sessions[name].run(None, feeds)):
+                if t.name == "text_mask":
+                    if not np.array_equal(value, inputs["text_mask"].numpy()):
+                        raise UserError("export verification failed: text_mask differs between ONNX Runtime and PyTorch")
+                    continue
+                err = float(np.abs(value - expected[t.name].numpy()).max())
+                worst[t.name] = max(worst.get(t.name, 0.0), err)
+    bad = {k: v for k, v in worst.items() if v > TOLERANCE[k]}
+    if bad:
+        detail = ", ".join(f"{k} {v:.2e} > {TOLERANCE[k]:.0e}" for k, v in bad.items())
+        raise UserError(f"export verification failed: ONNX Runtime differs from PyTorch ({detail}); nothing written")
+    return worst
+
+
+def parse_clip_len(value: int | tuple[int, int] | None, default: int) -> tuple[int, int]:
+    """None -> (default, default); N -> (N, N); (a, b) -> (a, b), checked."""
+    lo, hi = (default, default) if value is None else (value, value) if isinstance(value, int) else value
+    if not (1 <= lo <= hi):
+        raise UserError(f"clip length must be >= 1 (a range MIN:MAX needs 1 <= MIN <= MAX), got {lo}:{hi}")
+    return lo, hi
+
+
+def export_artifacts(source: str | os.PathLike | VLPRVOS, out_dir: str | os.PathLike,
+                     clip_len: int | tuple[int, int] | None = None, opset: int = OPSET,
+                     attention: str = "decomposed", clip_weights: str | os.PathLike | None = None,
+                     progress: bool = True) -> tuple[Manifest, dict[str, float]]:
+    """Export a checkpoint (or a model) to an artifact folder.
+
+    Returns the manifest written and the verification's max abs error per output.
+    clip_len: N for a static clip length, (MIN, MAX) for a range; default the config's.
+    """
+    if opset != OPSET:
+        raise UserError(f"opset {opset} is not supported: the exporter writes opset {OPSET} "
+                        "(ONNX Runtime >= 1.14 and TensorRT 10.x read it)")
+    if attention != "decomposed":
+        raise UserError(f"attention {attention!r} is not available; use 'decomposed'")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"cannot write to output folder {out_dir}")
+
+    steps = tqdm(total=5, desc="export", unit="step", disable=not progress, leave=False)
+    model = source if isinstance(source, VLPRVOS) else load_checkpoint(source, clip_weights=clip_weights)
+    model = model.eval().fold_prompts()
+    model.attention_impl = attention
+    cfg = model.config
+    lengths = parse_clip_len(clip_len, cfg.clip_len)
+    specs = expected_graphs(cfg, lengths)
+    steps.update()
+
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.export-"))
+    try:
+        # a ranged Tc is traced at >= 2 so that the exporter does not specialise it to 1
+        sample = _sample_inputs(model, batch=2, clip_len=lengths[0] if lengths[0] == lengths[1] else max(2, lengths[0]), seed=0)
+        _export_graph(TextEncoderGraph(model), specs[TEXT_ENCODER], sample, staging / specs[TEXT_ENCODER].file, lengths)
+        steps.update()
+        _export_graph(ClipModelGraph(model), specs[CLIP_MODEL], sample, staging / specs[CLIP_MODEL].file, lengths)
+        steps.update()
+        errors = _verify(model, staging, specs, lengths)
+        steps.update()
+        manifest = Manifest(
+            config=cfg, graphs=specs, files=hash_files(staging, sorted(p.name for p in staging.iterdir())),
+            tokenizer_vocab_sha256=vocab_sha256(), clip_len=lengths, opset=OPSET, attention=attention,
+            precision="fp32", producer=producer_versions())
+        for f in staging.iterdir():
+            os.replace(f, out_dir / f.name)
+        write_manifest(out_dir, manifest)
+        steps.update()
+    finally:
+        steps.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, errors

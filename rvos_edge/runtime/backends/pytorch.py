@@ -1,0 +1,83 @@
+"""PyTorch backend: a ``.safetensors`` checkpoint run eagerly (the reference for parity).
+
+torch is imported when `open_torch` is called, never when this module is
+imported. The model runs under ``torch.inference_mode`` in fp32 with its
+prompts folded (they are constants at inference); it accepts any clip length >= 1.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvos_edge.errors import UserError
+from rvos_edge.export.manifest import CLIP_MODEL, TEXT_ENCODER, expected_graphs
+from rvos_edge.runtime.backends.base import Engines, Runner
+
+_CLIP_LEN = (1, None)
+
+
+class TorchTextRunner(Runner):
+    """model.encode_text: tokens int64 [B, 77] -> text_feats, text_mask, text_global."""
+
+    def __init__(self, model: Any, device: Any) -> None:
+        graph = expected_graphs(model.config, _CLIP_LEN)[TEXT_ENCODER]
+        self.name, self.inputs, self.outputs = TEXT_ENCODER, graph.inputs, graph.outputs
+        self.model, self.device = model, device
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            text = self.model.encode_text(torch.from_numpy(np.asarray(feeds["tokens"], np.int64)).to(self.device))
+        return {"text_feats": text.feats.float().cpu().numpy(), "text_mask": text.mask.cpu().numpy(),
+                "text_global": text.global_.float().cpu().numpy()}
+
+
+class TorchClipRunner(Runner):
+    """model.forward_clip: frames uint8 [B, Tc, S, S, 3] + text + history -> mask_logits, history_out."""
+
+    def __init__(self, model: Any, device: Any) -> None:
+        graph = expected_graphs(model.config, _CLIP_LEN)[CLIP_MODEL]
+        self.name, self.inputs, self.outputs = CLIP_MODEL, graph.inputs, graph.outputs
+        self.model, self.device = model, device
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from rvos_edge.model import TextFeatures
+
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in self.cast_feeds(feeds).items()}
+        with torch.inference_mode():
+            logits, history = self.model.forward_clip(
+                t["frames"], TextFeatures(t["text_feats"], t["text_mask"], t["text_global"]),
+                t["history"], t["has_history"])
+        return {"mask_logits": logits.float().cpu().numpy(), "history_out": history.float().cpu().numpy()}
+
+
+def open_torch(path: str | Path, precision: str = "fp32", device: str = "cpu", threads: int | None = None) -> Engines:
+    """Load a checkpoint for eager PyTorch inference.
+
+    device: "cpu" or "cuda" (or "cuda:N"); threads: torch intra-op threads (None: torch's default).
+    """
+    import torch
+
+    from rvos_edge.model import load_checkpoint
+
+    if precision != "fp32":
+        raise UserError(f"the torch backend runs fp32 only, not {precision}; "
+                        "export the checkpoint and use --backend ort for other precisions")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"unknown torch device {device!r}: {e}") from None
+    model = load_checkpoint(path).fold_prompts().eval().to(dev)
+    return Engines(text=TorchTextRunner(model, dev), clip=TorchClipRunner(model, dev), config=model.config,
+                   precision=precision, clip_len=_CLIP_LEN, backend="torch", source=str(path))

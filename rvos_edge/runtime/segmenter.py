@@ -1,0 +1,194 @@
+"""`Segmenter`: the public API, a stream of frames and an expression in, one mask per frame out.
+
+    seg = Segmenter.open("artifacts/", backend="ort")      # or "torch" with a checkpoint
+    seg.set_expression("the red cup on the left")
+    for frame in camera:                                    # H x W x 3 uint8 BGR (OpenCV)
+        for r in seg.push(frame):                           # results once a clip completes
+            r.index, r.mask, r.score
+    for r in seg.flush(): ...
+
+Behaviour (DESIGN.md section 5):
+- Each frame is resized to S x S RGB when pushed (only that copy is kept).
+  Frames are grouped into clips of `clip_len`; `push` returns the clip's results
+  when it completes. `flush` runs a short last clip padded by repeating its last
+  frame; the padded outputs are dropped.
+- The expression's text features are computed once and kept in an LRU of
+  `text_cache_size` expressions, so switching back and forth is cheap.
+- The clip model's history_out is the next clip's history. The first clip of an
+  expression gets zeros and has_history = 0. `set_expression` and `reset` clear it.
+  `flush` keeps it, so a stream may go on after a flush.
+- Mask logits are upsampled bilinearly to each frame's own size (frames of a
+  stream may differ in size); mask = logit > 0; score = mean sigmoid probability
+  inside the mask (0.0 for an empty mask).
+- `index` counts the frames pushed since `open` or the last `reset` (from 0);
+  `set_expression` does not restart it (same stream, new expression).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvos_edge.errors import UserError
+from rvos_edge.runtime.backends import Engines, open_engines
+from rvos_edge.runtime.pipeline import (LRUCache, StageTimes, check_frame, mask_and_score, prepare_frame,
+                                        upsample_logits)
+
+
+class ExpressionTruncatedWarning(UserWarning):
+    """An expression longer than the text context; it was cut to its first words."""
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """The mask of one frame: index in the stream, mask bool [H, W] at the frame's size, score in [0, 1]."""
+
+    index: int
+    mask: np.ndarray
+    score: float
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Text encoder outputs for one expression (batch 1) and whether it was truncated."""
+
+    feeds: dict[str, np.ndarray]
+    truncated: bool
+
+
+class Segmenter:
+    """Streaming referring segmentation over `engines` (see the module docstring).
+
+    clip_len: frames per clip; None picks the model's default within what the
+    engines accept. text_cache_size: expressions whose text features are kept.
+    """
+
+    def __init__(self, engines: Engines, clip_len: int | None = None, text_cache_size: int = 16) -> None:
+        self.engines = engines
+        self.config = engines.config
+        self.clip_len = engines.resolve_clip_len(clip_len)
+        self.timings = StageTimes()
+        self._text_cache: LRUCache[str, _Text] = LRUCache(text_cache_size)
+        self._expression: str | None = None
+        self._text: _Text | None = None
+        self._frames: list[np.ndarray] = []          # RGB [S, S, 3] of the clip being filled
+        self._sizes: list[tuple[int, int]] = []      # (H, W) of those frames
+        self._next_index = 0
+        self._history = self._zero_history()
+        self._has_history = False
+
+    @classmethod
+    def open(cls, path: str | Path, backend: str = "ort", precision: str = "fp32", clip_len: int | None = None,
+             **opts: Any) -> "Segmenter":
+        """Open an artifact folder (ort) or checkpoint (torch); `opts` go to the backend (see runtime.backends)."""
+        return cls(open_engines(path, backend, precision, **opts), clip_len)
+
+    @property
+    def expression(self) -> str | None:
+        """The current expression, None before the first `set_expression`."""
+        return self._expression
+
+    @property
+    def pending(self) -> int:
+        """Frames pushed but not yet run (fewer than clip_len)."""
+        return len(self._frames)
+
+    def set_expression(self, text: str) -> list[SegmentResult]:
+        """Segment what `text` describes from the next frame on; the history starts afresh.
+
+        Frames already pushed under the previous expression are run with it first
+        (padded, as by `flush`) and their results returned. An empty or blank text
+        is a UserError; one longer than the context is truncated with an
+        ExpressionTruncatedWarning.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"the expression is empty: give a sentence describing the object, got {text!r}")
+        encoded = self._encode(text)
+        results = self.flush()
+        self._text = encoded
+        if encoded.truncated:
+            warnings.warn(f"expression longer than the model's {self.config.max_words}-token context, "
+                          f"its end is ignored: {text!r}", ExpressionTruncatedWarning, stacklevel=2)
+        self._expression = text
+        self._clear_history()
+        return results
+
+    def push(self, frame: np.ndarray) -> list[SegmentResult]:
+        """Add one H x W x 3 uint8 BGR frame; returns the clip's results when this frame completes it."""
+        if self._text is None:
+            raise UserError("no expression set: call set_expression(text) before push(frame)")
+        t0 = time.perf_counter()
+        check_frame(frame)
+        self._frames.append(prepare_frame(frame, self.config.image_size))
+        self._sizes.append(frame.shape[:2])
+        self.timings.resize_s += time.perf_counter() - t0
+        self.timings.frames += 1
+        return self._run_clip() if len(self._frames) == self.clip_len else []
+
+    def flush(self) -> list[SegmentResult]:
+        """Run the pending frames as a clip padded with copies of its last frame; their results (may be empty)."""
+        return self._run_clip() if self._frames else []
+
+    def reset(self) -> None:
+        """Start a new stream: pending frames are dropped (flush first to keep them), the history is
+        cleared and the frame index restarts at 0. The expression stays."""
+        self._frames.clear()
+        self._sizes.clear()
+        self._next_index = 0
+        self._clear_history()
+
+    def _zero_history(self) -> np.ndarray:
+        return np.zeros((1, self.config.history_prompts, self.config.embed_dim), np.float32)
+
+    def _clear_history(self) -> None:
+        self._history = self._zero_history()
+        self._has_history = False
+
+    def _encode(self, text: str) -> _Text:
+        """Text features of `text`, from the cache or the text encoder."""
+        cached = self._text_cache.get(text)
+        if cached is not None:
+            return cached
+        from rvos_edge.model.tokenizer import tokenize_for_prompts
+
+        t0 = time.perf_counter()
+        tok = tokenize_for_prompts([text], self.config.language_prompts, self.config.context_length)
+        out = self.engines.text.run({"tokens": tok.tokens})
+        self.timings.text_s += time.perf_counter() - t0
+        self.timings.text_runs += 1
+        encoded = _Text({k: out[k] for k in ("text_feats", "text_mask", "text_global")}, tok.truncated[0])
+        self._text_cache.put(text, encoded)
+        return encoded
+
+    def _run_clip(self) -> list[SegmentResult]:
+        """Run the pending frames (padded to clip_len) and return one result per real frame."""
+        assert self._text is not None
+        n, tc, m = len(self._frames), self.clip_len, self.config.mask_size
+        frames = np.stack(self._frames + [self._frames[-1]] * (tc - n))[None]           # [1, Tc, S, S, 3]
+        feeds = {"frames": frames, **self._text.feeds, "history": self._history,
+                 "has_history": np.full((1, 1), 1.0 if self._has_history else 0.0, np.float32)}
+        t0 = time.perf_counter()
+        out = self.engines.clip.run(feeds)
+        self.timings.engine_s += time.perf_counter() - t0
+        self.timings.clips += 1
+        logits, history = out["mask_logits"], out["history_out"]
+        if logits.shape != (1, tc, m, m) or history.shape != self._history.shape:
+            raise UserError(f"{self.engines.source} returned mask_logits {logits.shape} and history_out "
+                            f"{history.shape}, expected {(1, tc, m, m)} and {self._history.shape}: re-export it")
+        self._history = np.asarray(history, np.float32)
+        self._has_history = True
+
+        t0 = time.perf_counter()
+        results = []
+        for i, (h, w) in enumerate(self._sizes):
+            mask, score = mask_and_score(upsample_logits(np.asarray(logits[0, i], np.float32), h, w))
+            results.append(SegmentResult(self._next_index + i, mask, score))
+        self.timings.upsample_s += time.perf_counter() - t0
+        self._next_index += n
+        self._frames.clear()
+        self._sizes.clear()
+        return results
