@@ -12,7 +12,8 @@ import pytest
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import expected_graphs, sha256_file
+from rvos_edge.export.manifest import expected_graphs
+from rvos_edge.fileio import sha256_file
 from rvos_edge.runtime import Runner, Segmenter, open_engines
 from rvos_edge.runtime.backends.ort import resolve_providers
 

@@ -136,7 +136,7 @@ def _corrupt(art: Path, dst: Path, how: str) -> Path:
     elif how == "version":
         edit_manifest(dst, format_version=7)
     elif how == "onnx":
-        from rvos_edge.export.manifest import sha256_file
+        from rvos_edge.fileio import sha256_file
 
         (dst / "clip_model.onnx").write_bytes(b"\x08garbage" * 50)
         d = json.loads((dst / "manifest.json").read_text())

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rvos_edge.errors import UserError
-from rvos_edge.model.weights import file_sha256, read_safetensors_metadata, read_state_dict
+from rvos_edge.fileio import sha256_file as file_sha256
+from rvos_edge.model.weights import read_safetensors_metadata, read_state_dict
 
 # torch.jit.script/trace/save are deprecated upstream, but they write the archives under test.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")

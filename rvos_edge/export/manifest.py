@@ -29,11 +29,9 @@ Importing this module does not import torch.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any, Iterable, Mapping
 
 from rvos_edge.config import ModelConfig
 from rvos_edge.errors import UserError
+from rvos_edge.fileio import atomic_write_bytes, sha256_file
 
 FORMAT = "rvos-edge-artifacts"
 FORMAT_VERSION = 1
@@ -242,15 +241,6 @@ class Manifest:
             raise ManifestError(f"manifest names {', '.join(unlisted)} but lists no sha256 for it")
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """sha256 (hex) of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def hash_files(directory: str | os.PathLike[str], names: Iterable[str]) -> dict[str, str]:
     """{name: sha256} for files of `directory` (the manifest's "files" field)."""
     return {name: sha256_file(Path(directory) / name) for name in names}
@@ -269,23 +259,6 @@ def producer_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace.
-
-    A reader sees the old file or the new one, never part of one; on failure the
-    temporary file is removed and `path` is untouched.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(directory: str | os.PathLike[str], manifest: Manifest) -> Path:

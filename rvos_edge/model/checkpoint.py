@@ -11,8 +11,6 @@ Nothing is unpickled: safetensors holds only tensors and string metadata.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -22,7 +20,8 @@ from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.errors import UserError
 from rvos_edge.model.clip import clip_from_state_dict, infer_arch
 from rvos_edge.model.vlprvos import VLPRVOS, clip_arch
-from rvos_edge.model.weights import file_sha256, read_safetensors_metadata, read_state_dict
+from rvos_edge.fileio import atomic_output, sha256_file
+from rvos_edge.model.weights import read_safetensors_metadata, read_state_dict
 
 FORMAT = "rvos-edge-checkpoint"
 FORMAT_VERSION = "1"
@@ -47,7 +46,7 @@ def build_model(preset_or_config: str | ModelConfig, clip_weights: str | os.Path
             raise UserError(f"CLIP weights {clip_weights} do not fit config {cfg.name!r} ({'; '.join(diff)})")
         clip = clip_from_state_dict(sd, cfg.image_size, cfg.vision_heads, cfg.text_heads, source=str(clip_weights))
         model.clip.load_state_dict(clip.state_dict())
-        model.clip_sha256 = file_sha256(clip_weights)
+        model.clip_sha256 = sha256_file(clip_weights)
     return model
 
 
@@ -63,15 +62,8 @@ def save_checkpoint(model: VLPRVOS, path: str | os.PathLike, trainable_only: boo
         state = {k: v for k, v in state.items() if not k.startswith("clip.")}
     if getattr(model, "clip_sha256", None):
         metadata["clip_sha256"] = model.clip_sha256
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
@@ -103,7 +95,7 @@ def load_checkpoint(path: str | os.PathLike, clip_weights: str | os.PathLike | N
         if clip_weights is None:
             raise UserError(f"{path} holds only the trainable weights; pass the CLIP weights file "
                             f"(sha256 {meta.get('clip_sha256')}) with clip_weights= / --clip-weights")
-        if file_sha256(clip_weights) != meta.get("clip_sha256"):
+        if sha256_file(clip_weights) != meta.get("clip_sha256"):
             raise UserError(f"CLIP weights {clip_weights} are not the ones {path} was trained with "
                             f"(sha256 {meta.get('clip_sha256')})")
         model = build_model(cfg, clip_weights)

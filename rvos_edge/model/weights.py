@@ -29,7 +29,6 @@ here too, with the file's offsets and strides.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import pickle
 import re
@@ -44,7 +43,6 @@ import torch
 
 from rvos_edge.errors import UserError
 
-_CHUNK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
 
@@ -79,19 +77,6 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
             return dict(handle.metadata() or {})
     except (safetensors.SafetensorError, OSError) as exc:
         raise UserError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from exc
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as stream:
-            while chunk := stream.read(_CHUNK):
-                digest.update(chunk)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    return digest.hexdigest()
 
 
 def _read_head(path: Path) -> bytes:

@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import atomic_write_bytes
+from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.runtime.backends import Engines, default_backend, open_engines
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import Segmenter, SegmentResult
