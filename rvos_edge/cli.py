@@ -159,11 +159,141 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="DIR|CKPT", help="artifact folder (ort) or .safetensors checkpoint (torch)")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help="synthetic:SEED:COUNT (generated videos; the held-out set is synthetic:20240917:200), "
+                        "a Ref-YouTube-VOS / Ref-DAVIS17 folder, or a folder with expressions.json")
+    p.add_argument("--split", help="split of a Ref-YouTube-VOS / Ref-DAVIS17 folder (default: its only split)")
+    p.add_argument("--limit", "--videos", dest="limit", type=int, metavar="N", help="evaluate the first N expressions")
+    p.add_argument("--backend", choices=("ort", "torch", "trt"),
+                   help="default: ort for a folder, torch for a checkpoint")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
+    p.add_argument("--json", metavar="FILE", help="write scores (overall, per kind, per expression) to FILE")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from rvos_edge.eval.evaluate import run_eval
+    run_eval(args.path, args.data, split=args.split, backend=args.backend, precision=args.precision,
+             clip_len=args.clip_len, limit=args.limit, json_path=args.json, device=args.device, threads=args.threads)
+    return 0
+
+
+def _add_flops(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="PRESET|CKPT")
+    p.add_argument("--clip-len", type=int, metavar="N", help="frames per clip (default: the config's)")
+    p.add_argument("--video-frames", type=int, default=100, metavar="N",
+                   help="frames the one text encoding is spread over (default 100)")
+    p.add_argument("--verify", action="store_true",
+                   help="also count with torch's FlopCounterMode on the meta device and compare")
+    p.add_argument("--json", metavar="FILE", help="write the per-module counts to FILE")
+
+
+def _run_flops(args: argparse.Namespace) -> int:
+    from rvos_edge.fileio import atomic_write_bytes
+    from rvos_edge.flops import count_flops, cross_check, report_json
+    report = count_flops(_model_config(args.source), args.clip_len, args.video_frames)
+    check = cross_check(report) if args.verify else None
+    print(report.markdown())
+    if check is not None:
+        worst = max(c["rel_diff"] for c in check.values())
+        print(f"FlopCounterMode (meta device): clip {check['clip']['flop_counter'] / 1e9:.3f} GFLOPs, "
+              f"text {check['text']['flop_counter'] / 1e9:.3f} GFLOPs; largest relative difference {100 * worst:.3f}%")
+    if args.json:
+        atomic_write_bytes(args.json, report_json(report, check).encode())
+    print(f"{report.config.name} at clip length {report.clip_len}: {report.gmacs_per_frame:.2f} GMACs = "
+          f"{report.gflops_per_frame:.2f} GFLOPs per frame (1 multiply-add = 2 FLOPs)")
+    return 0
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="DIR|CKPT", help="artifact folder (ort) or .safetensors checkpoint (torch)")
+    p.add_argument("--backend", choices=("ort", "torch", "trt"), help="default: ort for a folder, torch for a checkpoint")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--clip-len", type=int, metavar="N", help="frames per clip (default: the model's)")
+    p.add_argument("--batch", type=int, default=1, metavar="B", help="clips run together (end to end: batch 1 only)")
+    p.add_argument("--frames", type=int, default=48, metavar="N", help="frames timed, rounded up to whole clips")
+    p.add_argument("--warmup", type=int, default=2, metavar="N", help="warm-up clips after the first (cold) one")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of the engine (default: the usable cores)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--video", metavar="PATH", help="video for the end-to-end run (default: a synthetic 854x480 one)")
+    p.add_argument("--json", metavar="FILE", help="write the full result to FILE")
+    p.add_argument("--markdown", metavar="FILE", help="write the one-row markdown table to FILE")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from rvos_edge.bench import markdown_table, run_bench, summary_line, write_json
+    from rvos_edge.fileio import atomic_write_bytes
+    result = run_bench(args.path, backend=args.backend, precision=args.precision, clip_len=args.clip_len,
+                       batch=args.batch, frames=args.frames, warmup=args.warmup, threads=args.threads,
+                       device=args.device, video=args.video)
+    table = markdown_table([result])
+    print(table)
+    if args.json:
+        write_json(args.json, result)
+    if args.markdown:
+        atomic_write_bytes(args.markdown, (table + "\n").encode())
+    print(summary_line(result))
+    return 0
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", required=True, choices=("clip", "rvos"),
+                   help="clip: pretrain a small CLIP on synthetic image-caption pairs; "
+                        "rvos: VLP-RVOS prompt tuning with CLIP frozen")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (weights, optimizer state, log)")
+    p.add_argument("--preset", default="demo", help="architecture (default demo)")
+    p.add_argument("--data", default="synthetic", metavar="DATA",
+                   help="rvos: 'synthetic' (generated on the fly from --seed), or a Ref-YouTube-VOS / "
+                        "Ref-DAVIS17 folder or a folder with expressions.json")
+    p.add_argument("--split", help="split of a Ref-YouTube-VOS / Ref-DAVIS17 folder")
+    p.add_argument("--clip-weights", metavar="FILE", help="rvos: OpenAI-format CLIP weights (random CLIP when omitted)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic world, data order and initialisation")
+    p.add_argument("--steps", type=int, help="total optimizer steps (default: clip 2000, rvos 3000)")
+    p.add_argument("--batch-size", type=int, help="default: clip 64 pairs, rvos 4 samples")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default: clip 5e-4, rvos 5e-5)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: clip 0.1, rvos 5e-4)")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps (default 100)")
+    p.add_argument("--save-every", type=int, help="steps between saves of the resumable state (default 250)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    given = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                               "weight_decay": args.weight_decay, "warmup": args.warmup,
+                               "save_every": args.save_every}.items() if v is not None}
+    common = dict(out=args.out, preset=args.preset, seed=args.seed, device=args.device, resume=args.resume, **given)
+    if args.stage == "clip":
+        from rvos_edge.train.clip_pretrain import CLIPTrainOptions, train_clip
+        s = train_clip(CLIPTrainOptions(**common))
+        print(f"trained CLIP ({args.preset}) to {s['weights']}: steps {s['resumed_from']}..{s['steps']} in "
+              f"{s['seconds']:.0f} s, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}, "
+              f"held-out image-to-caption accuracy {s['heldout_accuracy']:.3f}")
+        return 0
+    from rvos_edge.train.rvos import RVOSTrainOptions, train_rvos
+    s = train_rvos(RVOSTrainOptions(data=args.data, split=args.split, clip_weights=args.clip_weights, **common))
+    print(f"trained {args.preset} to {s['checkpoint']}: steps {s['resumed_from']}..{s['steps']} in "
+          f"{s['seconds']:.0f} s, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "init": (_add_init, _run_init, "write a checkpoint for a preset (random or given CLIP weights)"),
     "info": (_add_info, _run_info, "print a config and its learnable/frozen parameter counts"),
     "export": (_add_export, _run_export, "export a checkpoint to ONNX graphs and a manifest"),
     "run": (_add_run, _run_run, "segment a video, image folder or camera for one or more expressions"),
+    "eval": (_add_eval, _run_eval, "J&F of a model on synthetic or real referring-video data"),
+    "train": (_add_train, _run_train, "pretrain a synthetic CLIP or prompt-tune VLP-RVOS (resumable)"),
+    "flops": (_add_flops, _run_flops, "per-module GMACs and GFLOPs per frame of a preset or checkpoint"),
+    "bench": (_add_bench, _run_bench, "FPS, latency percentiles, first-result latency and peak memory"),
 }
 
 if __name__ == "__main__":

@@ -134,3 +134,21 @@ def test_vit_b16_export_matches_pytorch(tmp_path):
     assert manifest.clip_len == (6, 6) and json.loads((out / "manifest.json").read_text())["config"]["name"] == "vit-b16"
     logits, history = chained_errors(ckpt, out, clips=3, batch=1, clip_len=6)
     assert logits <= 1e-3 and history <= 1e-4
+
+
+def test_segmenter_on_exported_folder_matches_torch_backend(tiny_ckpt, static_dir):
+    """The exported folder through ORT and the checkpoint through torch give the same masks,
+    one per frame at each frame's own size, for a stream of 7 frames (not a multiple of Tc=3)."""
+    from rvos_edge.runtime import Segmenter
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (50 + 3 * i, 70, 3), dtype=np.uint8) for i in range(7)]
+    results = {}
+    for backend, path in (("ort", static_dir), ("torch", tiny_ckpt)):
+        seg = Segmenter.open(path, backend=backend)
+        seg.set_expression("the red circle on the left")
+        out = [r for f in frames for r in seg.push(f)] + seg.flush()
+        assert [r.index for r in out] == list(range(7))
+        assert [r.mask.shape for r in out] == [f.shape[:2] for f in frames]
+        results[backend] = out
+    for a, b in zip(results["ort"], results["torch"]):
+        assert (a.mask != b.mask).mean() < 1e-3 and abs(a.score - b.score) < 1e-3

@@ -1,0 +1,190 @@
+"""Contrastive pretraining of a small CLIP on synthetic image-caption pairs: our stand-in for OpenAI's weights.
+
+    summary = train_clip(CLIPTrainOptions(out="runs/clip", preset="demo"))
+    clip = load_openai_clip("runs/clip/clip.safetensors")     # OpenAI key names, heads in the metadata
+
+Pair i of step s is frame `generate_frame(seed, s * batch + i)` of the synthetic
+world with a caption naming the objects visible in it, in random order, each as
+"[size] colour shape [place]" ("a big red circle on the left, a blue square and a
+small green cross"). The CLIP architecture is the preset's; the loss is CLIP's
+symmetric cross-entropy over the batch with a learnt temperature (clamped at 100).
+AdamW with warm-up and cosine decay. The run folder holds clip.safetensors (OpenAI
+key names; metadata vision_heads / text_heads, read by `load_openai_clip`) and the
+resumable state of rvos_edge.train.state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from rvos_edge.config import ModelConfig, get_config
+from rvos_edge.data import HELDOUT_SEED
+from rvos_edge.data.synthetic import SIZE, SceneObject, generate_frame
+from rvos_edge.errors import UserError
+from rvos_edge.model.clip import CLIP, CLIP_MEAN, CLIP_STD, load_openai_clip
+from rvos_edge.model.tokenizer import tokenize
+from rvos_edge.model.vlprvos import clip_arch
+from rvos_edge.runtime.pipeline import prepare_frame
+from rvos_edge.train.rvos import warmup_cosine
+from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, load_optimizer, read_state, save_optimizer,
+                                   save_tensors_atomic, trim_log, write_state)
+
+CLIP_FILE = "clip.safetensors"
+MIN_PIXELS = 30
+
+
+@dataclass
+class CLIPTrainOptions:
+    out: str
+    preset: str = "demo"
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 100
+    save_every: int = 250
+    log_every: int = 10
+    device: str = "cpu"
+    resume: bool = False
+
+
+def _place(x: float, y: float) -> str:
+    third = SIZE / 3
+    if x < third:
+        return "on the left"
+    if x > 2 * third:
+        return "on the right"
+    if y < third:
+        return "at the top"
+    return "at the bottom" if y > 2 * third else "in the middle"
+
+
+def caption(objects: list[SceneObject], labels: np.ndarray, rng: np.random.Generator) -> str:
+    """A caption naming the objects with at least MIN_PIXELS visible pixels in `labels`, in random order."""
+    seen = [o for o in objects if np.count_nonzero(labels == o.id) >= MIN_PIXELS]
+    if not seen:
+        return "an empty background"
+    parts = []
+    for i in rng.permutation(len(seen)):
+        o = seen[int(i)]
+        words = ([o.size] if rng.random() < 0.5 else []) + [o.colour, o.shape]
+        if rng.random() < 0.4:
+            words.append(_place(*o.centres[0]))
+        parts.append("a " + " ".join(words))
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return str(rng.choice(("", "a picture of ", "a scene with "))) + text
+
+
+def pairs(seed: int, step: int, batch_size: int, image_size: int) -> tuple[np.ndarray, list[str]]:
+    """Images uint8 [B, S, S, 3] RGB (resized as the runtime resizes) and their captions."""
+    images, captions = [], []
+    for i in range(step * batch_size, (step + 1) * batch_size):
+        frame, objects, labels = generate_frame(seed, i)
+        images.append(prepare_frame(np.ascontiguousarray(frame[..., ::-1]), image_size))
+        captions.append(caption(objects, labels, np.random.default_rng([seed, i, 3])))
+    return np.stack(images), captions
+
+
+def normalise(images: Tensor) -> Tensor:
+    """uint8 [B, S, S, 3] RGB -> float [B, 3, S, S] with CLIP's mean and std."""
+    mean = torch.tensor(CLIP_MEAN, device=images.device) * 255
+    std = torch.tensor(CLIP_STD, device=images.device) * 255
+    return ((images.float() - mean) / std).permute(0, 3, 1, 2)
+
+
+def contrastive_loss(clip: CLIP, images: Tensor, tokens: Tensor) -> tuple[Tensor, float]:
+    """CLIP's symmetric cross-entropy over the batch; also the image-to-text top-1 accuracy."""
+    img = F.normalize(clip.encode_image(normalise(images)), dim=-1)
+    txt = F.normalize(clip.encode_text(tokens), dim=-1)
+    logits = clip.logit_scale.exp().clamp(max=100) * img @ txt.T
+    target = torch.arange(len(img), device=img.device)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return loss, (logits.argmax(1) == target).float().mean().item()
+
+
+def save_clip(clip: CLIP, path: Path, extra: dict[str, str] | None = None) -> None:
+    """OpenAI-format safetensors (state dict key names as OpenAI's), heads in the metadata."""
+    meta = {"vision_heads": str(clip.arch.vision_heads), "text_heads": str(clip.arch.text_heads),
+            "producer": "rvos-edge synthetic CLIP pretraining", **(extra or {})}
+    save_tensors_atomic(path, clip.state_dict(), meta)
+
+
+def retrieval_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 256, device: str = "cpu") -> float:
+    """Image-to-caption top-1 accuracy among `count` held-out pairs (seed HELDOUT_SEED)."""
+    images, captions = pairs(HELDOUT_SEED, 0, count, cfg.image_size)
+    clip.eval()
+    with torch.no_grad():
+        _, acc = contrastive_loss(clip, torch.from_numpy(images).to(device),
+                                  torch.from_numpy(tokenize(captions)).to(device))
+    return acc
+
+
+def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a CLIP of the preset's architecture into opts.out; returns a summary."""
+    out = Path(opts.out)
+    if opts.seed == HELDOUT_SEED:
+        raise UserError(f"seed {HELDOUT_SEED} is the held-out evaluation world; train with another --seed")
+    if opts.steps < 1 or opts.batch_size < 2:
+        raise UserError(f"--steps must be >= 1 and --batch-size >= 2, got {opts.steps} and {opts.batch_size}")
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available to torch")
+    cfg = get_config(opts.preset)
+    state = None
+    if (out / "train_state.json").exists():
+        if not opts.resume:
+            raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose another --out")
+        state = read_state(out, "clip")
+        clip = load_openai_clip(out / CLIP_FILE)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(opts.seed)
+            clip = CLIP(clip_arch(cfg))
+    clip.to(opts.device)
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    start = 0
+    if state is not None:
+        load_optimizer(optimizer, out / OPTIMIZER_FILE)
+        start = state["step"]
+        trim_log(out, start)
+    options = dataclasses.asdict(opts)
+
+    def save(step: int) -> None:
+        save_clip(clip, out / CLIP_FILE, {"steps": str(step), "options": json.dumps(options)})
+        save_optimizer(optimizer, out / OPTIMIZER_FILE)
+        write_state(out, "clip", step, CLIP_FILE, options)
+
+    t0, losses = time.perf_counter(), []
+    bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc=f"clip {cfg.name}", unit="step",
+               disable=not progress)
+    for step in bar:
+        clip.train()
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_cosine(step, opts.steps, opts.warmup, opts.lr, floor=0.05)
+        images, captions = pairs(opts.seed, step, opts.batch_size, cfg.image_size)
+        loss, acc = contrastive_loss(clip, torch.from_numpy(images).to(opts.device),
+                                     torch.from_numpy(tokenize(captions)).to(opts.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
+        if (step + 1) % opts.log_every == 0 or step + 1 == opts.steps:
+            append_log(out, {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "loss": losses[-1],
+                             "batch_accuracy": acc, "seconds": round(time.perf_counter() - t0, 2)})
+        if (step + 1) % opts.save_every == 0 or step + 1 == opts.steps:
+            save(step + 1)
+    return {"steps": opts.steps, "resumed_from": start, "seconds": time.perf_counter() - t0,
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "heldout_accuracy": retrieval_accuracy(clip, cfg, device=opts.device), "weights": str(out / CLIP_FILE)}

@@ -1,0 +1,87 @@
+"""Resumable training state in a run folder, without pickle.
+
+    OUT/<weights file>            the model (a checkpoint, or OpenAI-format CLIP weights)
+    OUT/optimizer.safetensors     AdamW moments and step counts: tensors "state.<param>.<key>",
+                                  the param groups as JSON in the metadata
+    OUT/train_state.json          written last: stage, step, options, and the sha256 of both
+                                  files above, so a run killed half-way through a save is
+                                  detected on resume instead of mixing two steps
+    OUT/train_log.jsonl           one JSON object per logged step (appended)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rvos_edge.errors import UserError
+from rvos_edge.fileio import atomic_output, atomic_write_bytes, sha256_file
+from rvos_edge.model.weights import read_safetensors_metadata
+
+STATE_FILE = "train_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+LOG_FILE = "train_log.jsonl"
+FORMAT = "rvos-edge-train-state"
+
+
+def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    sd = optimizer.state_dict()
+    tensors = {f"state.{idx}.{key}": value if isinstance(value, torch.Tensor) else torch.tensor(value)
+               for idx, state in sd["state"].items() for key, value in state.items()}
+    save_tensors_atomic(path, tensors, {"param_groups": json.dumps(sd["param_groups"])})
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in load_file(str(path)).items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = tensor
+    groups = json.loads(read_safetensors_metadata(path)["param_groups"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{path} does not match the model being trained: {e}") from None
+
+
+def write_state(out: Path, stage: str, step: int, weights: str, options: dict[str, Any]) -> None:
+    """Record that `weights` and the optimizer file in `out` hold step `step` (call after saving both)."""
+    state = {"format": FORMAT, "stage": stage, "step": step, "options": options,
+             "files": {name: sha256_file(out / name) for name in (weights, OPTIMIZER_FILE)}}
+    atomic_write_bytes(out / STATE_FILE, json.dumps(state, indent=1).encode())
+
+
+def read_state(out: Path, stage: str) -> dict[str, Any]:
+    """The state of a run folder, after checking its files are the ones it recorded."""
+    path = out / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot resume from {path}: {e}") from None
+    if state.get("format") != FORMAT or state.get("stage") != stage:
+        raise UserError(f"{path} is not a '{stage}' training state (stage {state.get('stage')!r})")
+    for name, digest in state["files"].items():
+        if not (out / name).is_file() or sha256_file(out / name) != digest:
+            raise UserError(f"{out / name} is not the file saved at step {state['step']} "
+                            "(a save was interrupted?): cannot resume safely")
+    return state
+
+
+def append_log(out: Path, entry: dict[str, Any]) -> None:
+    with open(out / LOG_FILE, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def trim_log(out: Path, step: int) -> None:
+    """Drop log lines of steps after `step` (written by a run that stopped before its next save)."""
+    path = out / LOG_FILE
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())

@@ -1,0 +1,142 @@
+"""Training: losses against hand-computed values, one step lowers the loss, resumable runs, synthetic CLIP."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rvos_edge.cli import main
+from rvos_edge.data import HELDOUT_SEED
+from rvos_edge.data.synthetic import SceneObject
+from rvos_edge.errors import UserError
+from rvos_edge.model import build_model, load_checkpoint
+from rvos_edge.model.clip import load_openai_clip
+from rvos_edge.train import dice_loss, mask_loss, sigmoid_focal_loss, train_step
+from rvos_edge.train.clip_pretrain import CLIPTrainOptions, caption, save_clip, train_clip
+from rvos_edge.train.rvos import RVOSTrainOptions, TrainData, make_optimizer, train_rvos, two_clip_logits, warmup_cosine
+from rvos_edge.train.state import read_state
+
+
+def test_dice_and_focal_by_hand():
+    logits = torch.zeros(1, 1, 2)                 # p = 0.5 on both pixels
+    target = torch.tensor([[[1.0, 0.0]]])
+    # dice: 1 - (2 * 0.5 + 1) / (1 + 1 + 1) = 1/3
+    assert dice_loss(logits, target).item() == pytest.approx(1 / 3)
+    # focal: p_t = 0.5 on both, (1 - p_t)^2 = 1/4, BCE = ln 2, alpha_t = 0.25 and 0.75 -> mean 0.125 ln 2
+    assert sigmoid_focal_loss(logits, target).item() == pytest.approx(0.125 * math.log(2))
+    loss, parts = mask_loss(logits, target)
+    assert loss.item() == pytest.approx(5 / 3 + 2 * 0.125 * math.log(2))
+    assert parts["dice"] == pytest.approx(1 / 3)
+    # confident and right: both ~0; an absent object predicted absent costs ~0 thanks to the smoothing
+    sure = torch.tensor([[[20.0, -20.0]]])
+    assert dice_loss(sure, target).item() < 1e-6 and sigmoid_focal_loss(sure, target).item() < 1e-12
+    assert dice_loss(torch.full((1, 2, 2), -20.0), torch.zeros(1, 2, 2)).item() < 1e-6
+    # mean over masks: a perfect mask and the p = 0.5 one average to 1/6
+    both = dice_loss(torch.cat([sure, logits]), torch.cat([target, target]))
+    assert both.item() == pytest.approx(1 / 6, abs=1e-6)
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10, 1.0) == pytest.approx(0.1 + 0.9 * 0.5)   # half way: cos = 0
+    assert warmup_cosine(100, 100, 10, 1.0) == pytest.approx(0.1)
+
+
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = build_model("tiny", seed=0)
+    batch = TrainData("synthetic", 0).batch(0, 2, model.config)
+    assert batch.frames.shape == (2, 6, 64, 64, 3) and batch.masks.shape == (2, 6, 64, 64)
+    clip_before = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    prompts_before = model.temporal_prompts.detach().clone()
+
+    def loss() -> float:
+        with torch.no_grad():
+            return mask_loss(two_clip_logits(model, batch.frames, batch.tokens), batch.masks)[0].item()
+
+    before = loss()
+    parts = train_step(model, make_optimizer(model, 1e-3, 5e-4), batch)
+    assert parts["loss"] == pytest.approx(before, rel=1e-5)
+    assert loss() < before - 1e-3
+    assert all(torch.equal(v, model.clip.state_dict()[k]) for k, v in clip_before.items())   # CLIP frozen
+    assert not torch.equal(prompts_before, model.temporal_prompts)
+
+
+def test_second_clip_gets_the_first_clips_history():
+    model = build_model("tiny", seed=0)
+    batch = TrainData("synthetic", 0).batch(0, 1, model.config)
+    frames = batch.frames.clone()
+    with torch.no_grad():
+        a = two_clip_logits(model, frames, batch.tokens)
+        frames[:, :3] = 0                             # change only the first clip
+        b = two_clip_logits(model, frames, batch.tokens)
+    assert not torch.allclose(a[:, 3:], b[:, 3:])      # the second clip's masks depend on it
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    common = dict(preset="tiny", steps=3, batch_size=1, warmup=1, lr=1e-3, log_every=1)
+    train_rvos(RVOSTrainOptions(out=str(tmp_path / "a"), save_every=3, **common), progress=False)
+    train_rvos(RVOSTrainOptions(out=str(tmp_path / "b"), save_every=1, **{**common, "steps": 2}), progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        train_rvos(RVOSTrainOptions(out=str(tmp_path / "b"), save_every=1, **common), progress=False)
+    summary = train_rvos(RVOSTrainOptions(out=str(tmp_path / "b"), save_every=1, resume=True, **common), progress=False)
+    assert summary["resumed_from"] == 2
+    a, b = (load_checkpoint(tmp_path / d / "model.safetensors").state_dict() for d in "ab")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"cut short")
+    with pytest.raises(UserError, match="interrupted"):
+        read_state(tmp_path / "b", "rvos")
+
+
+def test_heldout_seed_is_refused(tmp_path):
+    with pytest.raises(UserError, match="held-out"):
+        TrainData("synthetic", HELDOUT_SEED)
+    with pytest.raises(UserError, match="held-out"):
+        TrainData(f"synthetic:{HELDOUT_SEED}:10", 0)
+    with pytest.raises(UserError, match="held-out"):
+        train_clip(CLIPTrainOptions(out=str(tmp_path), seed=HELDOUT_SEED))
+
+
+def test_caption_names_the_visible_objects():
+    labels = np.zeros((128, 128), np.uint8)
+    labels[10:20, 10:20] = 1          # 100 pixels: named
+    labels[50:52, 50:60] = 2          # 20 pixels: too few to be named
+    objects = [SceneObject(1, "circle", "red", "big", 20.0, "still", np.array([[15.0, 15.0]])),
+               SceneObject(2, "square", "blue", "small", 12.0, "still", np.array([[55.0, 51.0]]))]
+    for seed in range(8):
+        text = caption(objects, labels, np.random.default_rng(seed))
+        assert "red circle" in text and "blue" not in text and "square" not in text
+        assert "left" in text or text.endswith("red circle")
+
+
+def test_synthetic_clip_round_trip_and_training(tmp_path):
+    summary = train_clip(CLIPTrainOptions(out=str(tmp_path), preset="tiny", steps=2, batch_size=4, warmup=1),
+                         progress=False)
+    clip = load_openai_clip(tmp_path / "clip.safetensors")
+    assert (clip.arch.vision_heads, clip.arch.text_heads, clip.arch.vision_width) == (2, 2, 64)
+    assert 0.0 <= summary["heldout_accuracy"] <= 1.0
+    # the file feeds VLP-RVOS like OpenAI's weights would
+    model = build_model("tiny", tmp_path / "clip.safetensors")
+    assert torch.equal(model.clip.visual.proj, clip.visual.proj)
+    save_clip(clip, tmp_path / "again.safetensors")
+    again = load_openai_clip(tmp_path / "again.safetensors")
+    tokens = torch.zeros(1, 77, dtype=torch.int64)
+    tokens[0, :2] = torch.tensor([49406, 49407])
+    assert torch.equal(again.encode_text(tokens), clip.encode_text(tokens))
+
+
+def test_train_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--stage", "rvos", "--preset", "tiny", "--out", str(out), "--steps", "1", "--batch-size", "1"]
+    assert main(args) == 0
+    assert "trained tiny to" in capsys.readouterr().out
+    assert load_checkpoint(out / "model.safetensors").config.name == "tiny"
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
