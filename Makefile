@@ -1,4 +1,4 @@
-# `make demo` and `make test` each set up .venv on a fresh machine (python3 + pip only).
+# `make test` sets up .venv on a fresh machine (python3 + pip only) and runs the suite.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,5 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
 
-demo: $(STAMP)
-	$(VENV)/bin/rvos-edge demo
-
 clean:
-	rm -rf $(VENV) build *.egg-info demo_out
+	rm -rf $(VENV) build *.egg-info
