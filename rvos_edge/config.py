@@ -53,6 +53,9 @@ class ModelConfig:
     str_heads: int = 2
     cube: int = 2                 # Mw
     mlp_ratio: float = 4.0        # FFN width / model width in the prompt encoder and the STR
+    # --- ablations (the paper's components can be switched off) -------------------
+    use_temporal_prompts: bool = True   # False: no temporal prompts and no PRTC
+    use_history: bool = True            # False: no historical prompts (history inputs are ignored)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip_layers", tuple(int(i) for i in self.skip_layers))

@@ -183,3 +183,21 @@ def test_clip_is_frozen_and_gets_no_gradient():
             assert p.requires_grad and p.grad is not None, name
     assert model.temporal_prompts.grad.abs().sum() > 0
     assert model.history_prompts.proj[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("switch", ["use_temporal_prompts", "use_history"])
+def test_ablations(switch):
+    """Switching a component off removes its parameters and its effect."""
+    from rvos_edge.model import build_model
+    cfg = get_config("tiny").replace(**{switch: False})
+    model = build_model(cfg, seed=0).eval()
+    full = sum(expected_learnable(get_config("tiny")).values())
+    removed = (cfg.temporal_prompts * cfg.vision_width if switch == "use_temporal_prompts"
+               else expected_learnable(cfg)["history_prompts"])
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == full - removed
+    frames, tokens = make_frames(1, 3, cfg.image_size), make_tokens(EXPRS[:1], cfg.language_prompts)
+    h1, h2 = torch.randn(2, 1, cfg.history_prompts, cfg.embed_dim)
+    a = run(model, frames, tokens, h1, torch.ones(1, 1))
+    b = run(model, frames, tokens, h2, torch.ones(1, 1))
+    assert a[0].shape == (1, 3, 16, 16)
+    assert torch.equal(a[0], b[0]) == (switch == "use_history")

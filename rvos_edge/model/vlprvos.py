@@ -58,8 +58,9 @@ class VLPRVOS(nn.Module):
         self.clip = CLIP(clip_arch(config))
         self.clip.requires_grad_(False)
         self.prompts = PromptGenerator(config)
-        self.history_prompts = HistoryPrompts(config)
-        self.temporal_prompts = nn.Parameter(0.02 * torch.randn(config.temporal_prompts, config.vision_width))
+        self.history_prompts = HistoryPrompts(config) if config.use_history else None
+        self.temporal_prompts = (nn.Parameter(0.02 * torch.randn(config.temporal_prompts, config.vision_width))
+                                 if config.use_temporal_prompts else None)
         self.text_to_vision = nn.Linear(config.embed_dim, config.vision_width)   # T = Linear(F_e)
         self.vlff = VLFeatureFusion(config)
         self.reasoner = SpatialTemporalReasoner(config)
@@ -94,7 +95,8 @@ class VLPRVOS(nn.Module):
 
         frames uint8 [B, Tc, S, S, 3] -> F_v [B, Tc, 1+Np, Ce] and the shallow
         features, 3 x [B*Tc, Np, Cv] (patch tokens after the skip layers).
-        Per frame, layer l sees [cls, patches, P_h^l, P_v^l, P_tmp^{t,l}].
+        Per frame, layer l sees [cls, patches, P_h^l, P_v^l, P_tmp^{t,l}]
+        (P_h and P_tmp absent in the ablations that switch them off).
         """
         cfg, visual = self.config, self.clip.visual
         b, tc = frames.shape[:2]
@@ -102,19 +104,24 @@ class VLPRVOS(nn.Module):
         x = (frames.float() - self.pixel_mean) / self.pixel_std                  # CLIP normalisation in-graph
         tokens = visual.embed(x.reshape(-1, *x.shape[2:]).permute(0, 3, 1, 2))    # [B*Tc, 1+Np, Cv]
         _, vision_prompts = self.prompts()                                        # [Lv, m_v, Cv]
-        history_prompts = self.history_prompts(history, has_history)              # [Lv, B, m_h, Cv]
         text_tokens = self.text_to_vision(text.feats)                             # T: [B, 77, Cv]
-        temporal = self.temporal_prompts.expand(tokens.shape[0], -1, -1)          # P_tmp at layer 1
         n = tokens.shape[0]
+        history_prompts = (self.history_prompts(history, has_history)             # [Lv, B, m_h, Cv]
+                           if self.history_prompts is not None else None)
+        temporal = (self.temporal_prompts.expand(n, -1, -1)                       # P_tmp at layer 1
+                    if self.temporal_prompts is not None else None)
         shallow = []
         for l, block in enumerate(visual.transformer.resblocks):
-            seq = torch.cat([tokens, repeat_per_frame(history_prompts[l], tc),
-                             vision_prompts[l].expand(n, -1, -1), temporal], dim=1)
-            seq, keys, values = reference_guided_layer(block, seq, text_tokens, text.mask, tc, np_)
+            parts = [tokens, vision_prompts[l].expand(n, -1, -1)]
+            if history_prompts is not None:
+                parts.insert(1, repeat_per_frame(history_prompts[l], tc))
+            if temporal is not None:
+                parts.append(temporal)
+            seq, keys, values = reference_guided_layer(block, torch.cat(parts, dim=1), text_tokens, text.mask, tc, np_)
             tokens = seq[:, :1 + np_]                                             # prompt outputs dropped ...
             if l in cfg.skip_layers:
                 shallow.append(tokens[:, 1:])
-            if l + 1 < cfg.vision_layers:                                         # ... except the temporal ones
+            if temporal is not None and l + 1 < cfg.vision_layers:               # ... except the temporal ones
                 temporal = temporal_capture(block, seq[:, -cfg.temporal_prompts:], keys, values, b,
                                             self.attention_impl)
         visual_feats = visual.ln_post(tokens) @ visual.proj                       # F_v: CLIP's own projection
