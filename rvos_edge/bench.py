@@ -1,0 +1,433 @@
+"""`rvos-edge bench`: throughput, latency and memory of a model on this machine.
+
+    result = run_bench("artifacts/", backend="ort", clip_len=6, batch=1, frames=48, threads=4)
+    print(markdown_table([result]))
+
+What is measured, in this order, in one process:
+1. first result (cold): engine load (`open_engines`), the first text encoding
+   (tokenizer included), the first clip; first_result_ms is their sum (the wait from start-up to the first
+   masks, not counting the camera filling the first clip);
+2. engine only: `warmup` more clips, then ceil(frames / (batch * Tc)) timed clips
+   of random uint8 frames [B, Tc, S, S, 3] with one expression's text features.
+   torch backend: inputs resident on the engine's device, forward_clip timed with
+   CUDA events after a torch.cuda.synchronize on GPU, perf_counter on CPU; ort:
+   `session.run` numpy in / numpy out (host<->device copies included with the CUDA
+   provider; run returns once the outputs are on the host); trt (always on the GPU):
+   the runner's `run`, copies included, which synchronises its CUDA stream before returning;
+3. end to end (batch 1 only: the Segmenter runs one stream): a video decoded with
+   OpenCV (`video`, or a synthetic 854x480 mp4 written beforehand), each frame pushed
+   through `Segmenter` (resize, clip model, bilinear upsample, threshold); one
+   warm-up clip, then the timed frames. A clip's latency is the decode + push
+   time of its frames.
+FPS = frames / summed seconds of the timed clips. Percentiles: `percentile`.
+Peak memory: the process's peak resident set (ru_maxrss, everything since start-up,
+so run one configuration per process for comparable numbers) and, on GPU,
+torch.cuda.max_memory_allocated (torch) or the process's used memory from
+nvidia-smi (onnxruntime, TensorRT: their buffers are not freed during the run, so after
+it that is their peak).
+
+The JSON (`SCHEMA`) holds: schema, timestamp, model {name, source, image_size},
+backend, precision, device, threads, clip_len, batch, environment {cpu_model,
+logical_cores, usable_cores, load_average_1m, memory_gb, gpu, platform, python,
+libraries, ort_providers}, machine, flops {gmacs_per_frame, gflops_per_frame, convention},
+first_result {engine_load_ms, text_ms, first_clip_ms, first_result_ms},
+engine {timer, warmup_clips, clips, frames, fps, gflops_per_s, latency_ms, latencies_ms},
+end_to_end (null at batch > 1) {video, width, height, warmup_clips, clips, frames, fps,
+latency_ms, latencies_ms, ms_per_frame {decode, resize, engine, upsample}},
+memory {peak_rss_mb, peak_gpu_mb, gpu_memory_source}.
+latency_ms = {n, mean, min, max, p50, p90, p99} in milliseconds per clip.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from rvos_edge.errors import UserError
+from rvos_edge.fileio import atomic_write_bytes
+from rvos_edge.flops import count_flops
+from rvos_edge.model.tokenizer import tokenize_for_prompts
+from rvos_edge.runtime.backends import Engines, default_backend, open_engines
+from rvos_edge.runtime.pipeline import StageTimes
+from rvos_edge.runtime.segmenter import Segmenter
+from rvos_edge.runtime.video import open_video
+
+SCHEMA = "rvos-edge-bench/1"
+PERCENTILES = (50, 90, 99)
+EXPRESSION = "the person walking on the left"
+VIDEO_SIZE = (854, 480)          # width, height of the synthetic video (DAVIS 480p)
+_LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "opencv-python",
+              "opencv-python-headless", "tensorrt", "rvos-edge")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0 <= q <= 100) by linear interpolation between closest ranks.
+
+    With the values sorted x_0 <= ... <= x_{n-1}, rank r = q/100 * (n - 1) and the result is
+    x_i + (r - i) * (x_{i+1} - x_i) for i = floor(r) (numpy's default method "linear",
+    Hyndman & Fan type 7): p0 is the minimum, p100 the maximum, p50 the usual median.
+    """
+    if not values:
+        raise UserError("percentile of an empty sample")
+    if not 0 <= q <= 100:
+        raise UserError(f"percentile must be within 0..100, got {q}")
+    xs = sorted(values)
+    r = q / 100 * (len(xs) - 1)
+    i = math.floor(r)
+    return xs[i] if i + 1 >= len(xs) else xs[i] + (r - i) * (xs[i + 1] - xs[i])
+
+
+def latency_stats(ms: Sequence[float]) -> dict[str, float]:
+    """{n, mean, min, max, p50, p90, p99} of a sample of milliseconds."""
+    return {"n": len(ms), "mean": sum(ms) / len(ms), "min": min(ms), "max": max(ms),
+            **{f"p{q}": percentile(ms, q) for q in PERCENTILES}}
+
+
+# ---------------------------------------------------------------- environment
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name() -> str | None:
+    """The first GPU's name (nvidia-smi, else torch when it is already imported), None without one."""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip().splitlines()[0].strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return None
+
+
+def _memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def environment() -> dict[str, Any]:
+    """CPU and GPU model, core counts, the load average when the run starts (other processes
+    competing for the cores skew CPU timings), memory, OS, Python and library versions."""
+    libraries = {}
+    for name in _LIBRARIES:
+        try:
+            libraries[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    import onnxruntime
+    return {"cpu_model": _cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
+            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "memory_gb": _memory_gb(), "gpu": _gpu_name(), "platform": platform.platform(),
+            "python": platform.python_version(), "libraries": libraries,
+            "ort_providers": onnxruntime.get_available_providers()}
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)|\b(cpu|processor)\b|@.*$", " ", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def machine_name(env: dict[str, Any]) -> str:
+    """Folder name for a machine's results: the CPU model, its usable cores and the GPU, e.g. amd-epyc-2c."""
+    name = f"{_slug(env['cpu_model'])}-{env['usable_cores']}c"
+    return f"{name}-{_slug(env['gpu'])}" if env.get("gpu") else name
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10      # bytes on macOS, KiB on Linux
+
+
+def _nvidia_smi_process_mb() -> float | None:
+    """GPU memory nvidia-smi reports for this process (None when it cannot tell, e.g. in another PID namespace)."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.stdout.splitlines():
+        pid, _, used = line.partition(",")
+        if pid.strip() == str(os.getpid()) and used.strip().isdigit():
+            return float(used.strip())
+    return None
+
+
+# ---------------------------------------------------------------- inputs and timers
+
+def _feeds(engines: Engines, text: dict[str, np.ndarray], batch: int, clip_len: int) -> dict[str, np.ndarray]:
+    """Random frames (seeded) for `batch` streams, the text features tiled, empty histories."""
+    cfg = engines.config
+    s = cfg.image_size
+    frames = np.random.default_rng(0).integers(0, 256, (batch, clip_len, s, s, 3), dtype=np.uint8)
+    tiled = {k: np.repeat(text[k], batch, axis=0) for k in ("text_feats", "text_mask", "text_global")}
+    return {"frames": frames, **tiled,
+            "history": np.zeros((batch, cfg.history_prompts, cfg.embed_dim), np.float32),
+            "has_history": np.zeros((batch, 1), np.float32)}
+
+
+def _engine_timer(engines: Engines, feeds: dict[str, np.ndarray]) -> tuple[Callable[[], float], str]:
+    """(a function running one clip and returning its seconds, synchronised; the timer's description)."""
+    if engines.backend == "torch":
+        import torch
+
+        from rvos_edge.model import TextFeatures
+
+        model, dev = engines.clip.model, engines.clip.device
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in engines.clip.cast_feeds(feeds).items()}
+        text = TextFeatures(t["text_feats"], t["text_mask"], t["text_global"])
+
+        def forward() -> None:
+            with torch.inference_mode():
+                model.forward_clip(t["frames"], text, t["history"], t["has_history"])
+
+        if dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+            def cuda_timed() -> float:
+                torch.cuda.synchronize(dev)
+                start.record()
+                forward()
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end) / 1000.0
+
+            return cuda_timed, "cuda events around forward_clip, inputs on the GPU"
+        run, how = forward, "perf_counter around forward_clip"
+    else:
+        def run() -> None:
+            engines.clip.run(feeds)
+        how = ("perf_counter around InferenceSession.run (numpy in and out)" if engines.backend == "ort" else
+               "perf_counter around TrtRunner.run (host<->device copies included, ends with a stream synchronize)")
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        run()
+        return time.perf_counter() - t0
+
+    return timed, how
+
+
+def write_synthetic_video(path: Path, frames: int, size: tuple[int, int] = VIDEO_SIZE, fps: float = 24.0) -> Path:
+    """An mp4v video of `frames` frames: a bright square moving over a textured background."""
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise UserError(f"OpenCV cannot write an mp4v video to {path}")
+    rng = np.random.default_rng(1)
+    background = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 5)
+    for i in range(frames):
+        frame = background.copy()
+        x = (40 + 12 * i) % (w - 120)
+        cv2.rectangle(frame, (x, h // 3), (x + 100, h // 3 + 100), (40, 200, 240), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _end_to_end(engines: Engines, clip_len: int, video: Path, clips: int, bar: tqdm) -> dict[str, Any]:
+    """Decode + Segmenter over one warm-up clip and `clips` timed clips of `video`."""
+    source = open_video(video)
+    width, height = None, None
+    seg = Segmenter(engines, clip_len)
+    seg.set_expression(EXPRESSION)
+    latencies, decode_s, clip_s = [], 0.0, 0.0
+    frames = iter(source)
+    try:
+        for i in range((clips + 1) * clip_len):
+            if i == clip_len:                               # the warm-up clip is done: start timing
+                seg.timings, decode_s, latencies = StageTimes(), 0.0, []
+            t0 = time.perf_counter()
+            try:
+                _, frame = next(frames)
+            except StopIteration:
+                raise UserError(f"video {video} has {i} frames; the benchmark needs {(clips + 1) * clip_len} "
+                                f"(one warm-up clip and {clips} timed clips of {clip_len})") from None
+            t1 = time.perf_counter()
+            height, width = frame.shape[:2]
+            results = seg.push(frame)
+            decode_s += t1 - t0
+            clip_s += time.perf_counter() - t0
+            if results:
+                latencies.append(1000.0 * clip_s)
+                clip_s = 0.0
+                bar.update()
+    finally:
+        source.close()
+    timed_frames = clips * clip_len
+    ms = {"decode": 1000.0 * decode_s, **seg.timings.ms()}
+    return {"video": str(video), "width": width, "height": height, "warmup_clips": 1, "clips": clips,
+            "frames": timed_frames, "fps": timed_frames / (sum(latencies) / 1000.0),
+            "latency_ms": latency_stats(latencies), "latencies_ms": latencies,
+            "ms_per_frame": {k: ms[k] / timed_frames for k in ("decode", "resize", "engine", "upsample")}}
+
+
+# ---------------------------------------------------------------- the benchmark
+
+def run_bench(path: str | Path, backend: str | None = None, precision: str = "fp32", clip_len: int | None = None,
+              batch: int = 1, frames: int = 48, warmup: int = 2, threads: int | None = None, device: str = "cpu",
+              video: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Benchmark the artifact folder or checkpoint at `path` (see the module docstring); returns the JSON dict.
+
+    threads: CPU threads of the engine (default: the usable cores); device "cuda" runs the
+    torch backend on the GPU and the ort backend with the CUDA execution provider (trt is
+    always on the GPU).
+    """
+    threads = usable_cores() if threads is None else threads
+    for name, value, low in (("batch", batch, 1), ("frames", frames, 1), ("warmup", warmup, 0), ("threads", threads, 1)):
+        if value < low:
+            raise UserError(f"{name} must be >= {low}, got {value}")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"device must be cpu or cuda, got {device!r}")
+    if video is not None and not Path(video).is_file():
+        raise UserError(f"video {video} does not exist")
+    backend = backend or default_backend(path)
+    device = "cuda" if backend == "trt" else device          # TensorRT engines run on the GPU only
+    opts: dict[str, Any] = {"threads": threads}
+    if device == "cuda" and backend in ("torch", "trt"):
+        opts["device"] = "cuda"
+    elif device == "cuda":
+        opts["providers"] = ("cuda",)
+    env = environment()
+
+    t0 = time.perf_counter()
+    engines = open_engines(path, backend, precision, **opts)
+    load_s = time.perf_counter() - t0
+    cfg = engines.config
+    clip_len = engines.resolve_clip_len(clip_len)
+    t0 = time.perf_counter()
+    tokens = tokenize_for_prompts([EXPRESSION], cfg.language_prompts, cfg.context_length).tokens
+    text = engines.text.run({"tokens": tokens})
+    text_s = time.perf_counter() - t0
+    feeds = _feeds(engines, text, batch, clip_len)
+    t0 = time.perf_counter()
+    engines.clip.run(feeds)
+    first_clip_s = time.perf_counter() - t0
+
+    clips = math.ceil(frames / (batch * clip_len))
+    e2e = batch == 1
+    with tqdm(total=warmup + clips + (clips + 1 if e2e else 0), unit="clip", disable=not progress, leave=False,
+              desc=f"bench {cfg.name} {backend} Tc={clip_len} B={batch}") as bar:
+        timed, timer = _engine_timer(engines, feeds)
+        for _ in range(warmup):
+            timed()
+            bar.update()
+        latencies = []
+        for _ in range(clips):
+            latencies.append(1000.0 * timed())
+            bar.update()
+        end_to_end = None
+        if e2e:
+            with tempfile.TemporaryDirectory(prefix="rvos-edge-bench-") as tmp:
+                source = Path(video) if video else write_synthetic_video(Path(tmp) / "bench.mp4", (clips + 1) * clip_len)
+                end_to_end = _end_to_end(engines, clip_len, source, clips, bar)
+                if not video:
+                    end_to_end["video"] = f"synthetic {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} mp4v"
+
+    peak_gpu, gpu_source = None, None
+    if device == "cuda" and backend == "torch":
+        import torch
+        peak_gpu = torch.cuda.max_memory_allocated(engines.clip.device) / 2**20
+        gpu_source = "torch.cuda.max_memory_allocated"
+    elif device == "cuda":
+        peak_gpu, gpu_source = _nvidia_smi_process_mb(), "nvidia-smi used memory of this process"
+    flops = count_flops(cfg, clip_len)
+    timed_frames = clips * batch * clip_len
+    fps = timed_frames / (sum(latencies) / 1000.0)
+    return {
+        "schema": SCHEMA, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {"name": cfg.name, "source": str(path), "image_size": cfg.image_size},
+        "backend": backend, "precision": precision, "device": device, "threads": threads,
+        "clip_len": clip_len, "batch": batch, "environment": env, "machine": machine_name(env),
+        "flops": {"gmacs_per_frame": flops.gmacs_per_frame, "gflops_per_frame": flops.gflops_per_frame,
+                  "convention": "rvos_edge.flops: 1 multiply-add = 2 FLOPs, text encoder over 100 frames"},
+        "first_result": {"engine_load_ms": 1000.0 * load_s, "text_ms": 1000.0 * text_s,
+                         "first_clip_ms": 1000.0 * first_clip_s,
+                         "first_result_ms": 1000.0 * (load_s + text_s + first_clip_s)},
+        "engine": {"timer": timer, "warmup_clips": 1 + warmup, "clips": clips, "frames": timed_frames, "fps": fps,
+                   "gflops_per_s": fps * flops.gflops_per_frame,
+                   "latency_ms": latency_stats(latencies), "latencies_ms": latencies},
+        "end_to_end": end_to_end,
+        "memory": {"peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": peak_gpu, "gpu_memory_source": gpu_source},
+    }
+
+
+# ---------------------------------------------------------------- reporting
+
+_COLUMNS = ("model", "backend", "precision", "device", "threads", "Tc", "B", "engine FPS",
+            "p50 / p90 / p99 ms per clip", "end-to-end FPS", "first result ms", "peak RSS MB", "peak GPU MB")
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def markdown_row(r: dict[str, Any]) -> str:
+    lat = r["engine"]["latency_ms"]
+    e2e = r["end_to_end"]
+    cells = (r["model"]["name"], r["backend"], r["precision"], r["device"], str(r["threads"]), str(r["clip_len"]),
+             str(r["batch"]), _fmt(r["engine"]["fps"], 2),
+             f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f}", _fmt(e2e and e2e["fps"], 2),
+             _fmt(r["first_result"]["first_result_ms"], 0), _fmt(r["memory"]["peak_rss_mb"], 0),
+             _fmt(r["memory"]["peak_gpu_mb"], 0))
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+    """One row per result, the columns of `_COLUMNS`."""
+    align = "|".join("---" if i < 7 else "---:" for i in range(len(_COLUMNS)))
+    header = "| " + " | ".join(_COLUMNS) + f" |\n|{align}|"
+    return "\n".join([header, *(markdown_row(r) for r in results)])
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    """One line: what ran, engine and end-to-end FPS, latency percentiles, first result."""
+    lat, e2e = r["engine"]["latency_ms"], r["end_to_end"]
+    e2e_text = f", end to end {e2e['fps']:.2f} FPS" if e2e else ""
+    return (f"{r['model']['name']} {r['backend']} {r['precision']} {r['device']} threads={r['threads']} "
+            f"Tc={r['clip_len']} B={r['batch']}: engine {r['engine']['fps']:.2f} FPS "
+            f"(p50/p90/p99 {lat['p50']:.1f}/{lat['p90']:.1f}/{lat['p99']:.1f} ms per clip, {lat['n']} clips){e2e_text}, "
+            f"first result {r['first_result']['first_result_ms'] / 1000:.2f} s, "
+            f"peak RSS {r['memory']['peak_rss_mb']:.0f} MB")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Indented JSON, written atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
