@@ -49,7 +49,7 @@ from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.runtime.backends import Engines, default_backend, open_engines
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import Segmenter, SegmentResult
-from rvos_edge.runtime.video import DecodeError, FrameSource, open_source
+from rvos_edge.runtime.video import DecodeError, FrameSource, open_source, prefetch
 
 COLOURS_BGR = ((0, 255, 0), (0, 0, 255), (255, 0, 0), (0, 255, 255), (255, 0, 255), (255, 255, 0))
 DEFAULT_FPS = 10.0
@@ -213,7 +213,7 @@ def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], ex
     stop: dict[str, Any] = {}
     decode_s, n = 0.0, 0
     t_start = time.perf_counter()
-    frames_iter = iter(source)
+    frames_iter = prefetch(source)                     # decoding overlaps inference
     bar = tqdm(total=total, unit="frame", desc="run", disable=None, file=sys.stderr)
     try:
         try:
@@ -244,6 +244,7 @@ def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], ex
         outputs.abort()
         raise
     finally:
+        frames_iter.close()
         bar.close()
     wall = time.perf_counter() - t_start
 

@@ -13,17 +13,21 @@ own log lines) are silenced: failures come back as one-line errors instead.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import sys
+import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, TypeVar
 
 import cv2
 import numpy as np
 
 from rvos_edge.errors import UserError
+
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -181,3 +185,52 @@ def open_source(video: str | Path | None = None, frames: str | Path | None = Non
     if frames is not None:
         return open_frames(frames)
     return open_camera(int(camera))
+
+
+class _Raised:
+    """An exception of the producer thread, handed to the consumer in order."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
+    """Iterate `items` on a background thread, up to `depth` items ahead.
+
+    Decoding then overlaps inference (OpenCV and ONNX Runtime release the GIL).
+    Items and the producer's exception (e.g. a DecodeError after N frames) arrive in
+    the order the producer met them. Closing the iterator early stops the thread.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        """Queue `item` unless the consumer has stopped; False once it has."""
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as e:  # handed over, re-raised in the consumer
+            put(_Raised(e))
+
+    thread = threading.Thread(target=produce, name="rvos-edge-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not end:
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
