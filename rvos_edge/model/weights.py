@@ -60,7 +60,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     elif head.startswith(_ZIP_MAGIC):
         tensors = _read_zip(path)
     elif head.startswith(_PICKLE_PROTO):
-        tensors = _read_torch_load(path)
+        tensors = _read_weights_only_pickle(path)
     else:
         raise UserError(f"{path}: not a safetensors file, TorchScript archive or torch.save file")
     if not tensors:
@@ -112,7 +112,7 @@ def _read_zip(path: Path) -> dict[str, torch.Tensor]:
         prefix = _torchscript_prefix(archive)
         if prefix is not None:
             return _read_torchscript(path, archive, prefix)
-    return _read_torch_load(path)
+    return _read_weights_only_pickle(path)
 
 
 def _torchscript_prefix(archive: zipfile.ZipFile) -> str | None:
@@ -128,7 +128,7 @@ def _torchscript_prefix(archive: zipfile.ZipFile) -> str | None:
     return None
 
 
-def _read_torch_load(path: Path) -> dict[str, torch.Tensor]:
+def _read_weights_only_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
