@@ -35,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _device(args: argparse.Namespace) -> str:
+    """--device, defaulting to where the backend runs: cuda for TensorRT, cpu otherwise."""
+    return args.device or ("cuda" if getattr(args, "backend", None) == "trt" else "cpu")
+
+
 def _model_config(source: str):
     """A preset name or a checkpoint path -> ModelConfig."""
     from rvos_edge.config import PRESETS, get_config
@@ -117,7 +122,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
     p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's, within the engine's range)")
     p.add_argument("--max-frames", metavar="N", type=int, help="stop after N frames")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda for --backend trt, else cpu")
     p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
 
 
@@ -125,7 +130,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from rvos_edge.runtime.run import run_command
     return run_command(args.path, expressions=args.expr, video=args.video, frames=args.frames, camera=args.camera,
                        out=args.out, backend=args.backend, precision=args.precision, clip_len=args.clip_len,
-                       max_frames=args.max_frames, device=args.device, threads=args.threads)
+                       max_frames=args.max_frames, device=_device(args), threads=args.threads)
 
 
 def _clip_len_range(text: str) -> tuple[int, int]:
@@ -143,8 +148,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     length.add_argument("--clip-len", type=int, metavar="N", help="static clip length (default: the config's)")
     length.add_argument("--clip-len-range", type=_clip_len_range, metavar="MIN:MAX", help="dynamic clip length range")
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--attention", default="decomposed", choices=["decomposed"],
-                   help="CF-MSA as standard ops (runs everywhere)")
+    p.add_argument("--attention", default="decomposed", choices=["decomposed", "plugin"],
+                   help="decomposed: CF-MSA as standard ops (runs everywhere); plugin: also a clip graph with one "
+                        "CubeFrameAttention TensorRT plugin node per CF-MSA (TensorRT only)")
     p.add_argument("--clip-weights", help="CLIP weights completing a trainable-only checkpoint")
 
 
@@ -170,7 +176,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                    help="default: ort for a folder, torch for a checkpoint")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
     p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda for --backend trt, else cpu")
     p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
     p.add_argument("--json", metavar="FILE", help="write scores (overall, per kind, per expression) to FILE")
 
@@ -178,7 +184,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from rvos_edge.eval.evaluate import run_eval
     run_eval(args.path, args.data, split=args.split, backend=args.backend, precision=args.precision,
-             clip_len=args.clip_len, limit=args.limit, json_path=args.json, device=args.device, threads=args.threads)
+             clip_len=args.clip_len, limit=args.limit, json_path=args.json, device=_device(args), threads=args.threads)
     return 0
 
 
@@ -218,7 +224,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=48, metavar="N", help="frames timed, rounded up to whole clips")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="warm-up clips after the first (cold) one")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads of the engine (default: the usable cores)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda for --backend trt, else cpu")
     p.add_argument("--video", metavar="PATH", help="video for the end-to-end run (default: a synthetic 854x480 one)")
     p.add_argument("--json", metavar="FILE", help="write the full result to FILE")
     p.add_argument("--markdown", metavar="FILE", help="write the one-row markdown table to FILE")
@@ -229,7 +235,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from rvos_edge.fileio import atomic_write_bytes
     result = run_bench(args.path, backend=args.backend, precision=args.precision, clip_len=args.clip_len,
                        batch=args.batch, frames=args.frames, warmup=args.warmup, threads=args.threads,
-                       device=args.device, video=args.video)
+                       device=_device(args), video=args.video)
     table = markdown_table([result])
     print(table)
     if args.json:
@@ -285,6 +291,133 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="DIR", help="artifact folder from `rvos-edge export` (FP32 graphs)")
+    p.add_argument("--backend", required=True, choices=("ort", "trt"), help="engine the graphs are built for")
+    p.add_argument("--precision", required=True, choices=("fp32", "fp16", "int8"))
+    p.add_argument("--calib", metavar="DATA", help="int8: calibration data (as `rvos-edge calib --data`)")
+    p.add_argument("--samples", type=int, default=64, metavar="N", help="int8: calibration clips (default 64)")
+    p.add_argument("--method", default="entropy", choices=("entropy", "minmax", "percentile"),
+                   help="int8: how activation ranges are chosen (default entropy)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of ONNX Runtime (default: all cores)")
+    p.add_argument("--workspace", type=float, metavar="GB",
+                   help="trt: TensorRT workspace limit (default: the GPU's memory)")
+    p.add_argument("--max-batch", type=int, default=1, metavar="N",
+                   help="trt: largest batch of the engines (default 1)")
+    p.add_argument("--timing-cache", metavar="FILE", help="trt: timing cache to reuse and update "
+                   "(default DIR/tensorrt.timing.cache)")
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    if args.backend == "trt":
+        from rvos_edge.export.tensorrt_build import build_engines
+        if args.calib and args.precision == "int8":
+            from rvos_edge.calib.int8 import calibrate
+            print(calibrate(args.path, args.calib, method=args.method, samples=args.samples,
+                            threads=args.threads).summary())
+        result = build_engines(args.path, args.precision, workspace_gb=args.workspace, max_batch=args.max_batch,
+                               timing_cache=args.timing_cache)
+        for notice in result.entry.notices:
+            print(f"notice: {notice}")
+        print(result.summary(args.path))
+        return 0
+    if args.precision == "fp32":
+        from rvos_edge.calib.artifacts import open_folder
+        open_folder(args.path)
+        print(f"nothing to build: the graphs of {args.path} are FP32 already (ONNX Runtime runs them as they are)")
+        return 0
+    if args.precision == "int8":
+        if not args.calib:
+            raise UserError("--precision int8 needs calibration data: --calib DATA (or use `rvos-edge calib`)")
+        from rvos_edge.calib.int8 import calibrate
+        result = calibrate(args.path, args.calib, method=args.method, samples=args.samples, threads=args.threads)
+        print(result.summary())
+        return 0
+    from rvos_edge.calib.fp16 import build_fp16
+    b = build_fp16(args.path, threads=args.threads)
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in b.max_abs_diff.items())
+    slow = sorted(set(b.cpu_fp32_ops["text_encoder"]) | set(b.cpu_fp32_ops["clip_model"]))
+    print(f"built fp16 graphs in {args.path} ({', '.join(b.files.values())}); vs FP32 on ONNX Runtime CPU: max abs "
+          f"difference {diffs}, {100 * b.mask_agreement:.2f}% of mask pixels agree; ORT's CPU provider has no FP16 "
+          f"kernel for {', '.join(slow) or 'none'} (run on CUDA or TensorRT for FP16 speed)")
+    return 0
+
+
+def _add_calib(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="DIR", help="artifact folder from `rvos-edge export` (FP32 graphs)")
+    p.add_argument("--data", metavar="DATA", help="calibration data: synthetic:SEED:COUNT, a Ref-YouTube-VOS / "
+                   "Ref-DAVIS17 folder, or a folder with expressions.json")
+    p.add_argument("--split", help="split of a Ref-YouTube-VOS / Ref-DAVIS17 folder")
+    p.add_argument("--method", default="entropy", choices=("entropy", "minmax", "percentile"),
+                   help="activation ranges: KL-divergence (default), max |x|, or the 99.99th percentile of |x|")
+    p.add_argument("--samples", type=int, default=64, metavar="N", help="calibration clips (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choice of videos")
+    p.add_argument("--exclude", nargs="*", action="extend", metavar="PATTERN",
+                   help="fnmatch patterns of node paths kept in float, replacing the default '*/model.head.out/*' "
+                        "(e.g. 'text_encoder/*' 'clip_model/prtc/*'; see --list-nodes); none: quantize all")
+    p.add_argument("--quantizer", default="auto", choices=("auto", "ort", "modelopt"),
+                   help="Q/DQ writer: NVIDIA ModelOpt when installed (auto), or onnxruntime.quantization")
+    p.add_argument("--trt-version", default="10.3.0", metavar="X.Y.Z",
+                   help="TensorRT version that will read the calibration cache (default 10.3.0)")
+    p.add_argument("--report", metavar="FILE.json",
+                   help="also write an accuracy report (JSON, and markdown beside it) with a sensitivity sweep")
+    p.add_argument("--eval-data", metavar="DATA", help="report data (default: --data)")
+    p.add_argument("--eval-limit", type=int, metavar="N", help="report: first N expressions only")
+    p.add_argument("--no-sweep", action="store_true", help="report: skip the per-group sensitivity sweep")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of ONNX Runtime (default: all cores)")
+    p.add_argument("--list-nodes", action="store_true", help="print the quantizable nodes' paths and exit")
+
+
+def _run_calib(args: argparse.Namespace) -> int:
+    from rvos_edge.calib.int8 import calibrate, list_node_paths
+    if args.list_nodes:
+        paths = list_node_paths(args.path)
+        print("\n".join(paths))
+        print(f"{len(paths)} quantizable nodes in {args.path}")
+        return 0
+    if not args.data:
+        raise UserError("--data DATA is required (calibration data), unless --list-nodes")
+    result = calibrate(args.path, args.data, method=args.method, samples=args.samples, seed=args.seed,
+                       exclude=args.exclude, split=args.split, quantizer=args.quantizer, trt_version=args.trt_version,
+                       threads=args.threads)
+    summary = result.summary()
+    if args.report:
+        from rvos_edge.calib.report import accuracy_report, write_report
+        report = accuracy_report(args.path, args.eval_data or args.data, limit=args.eval_limit,
+                                 split=None if args.eval_data else args.split,
+                                 calibration=None if args.no_sweep else result, threads=args.threads)
+        json_path, md_path = write_report(report, args.report)
+        int8 = report["precisions"]["int8"]
+        summary += (f"; int8 mask IoU vs FP32 {int8['mask_iou_vs_fp32']:.4f}"
+                    + (f", J&F {int8['delta_J&F_points']:+.2f} points" if "delta_J&F_points" in int8 else "")
+                    + f"; report {json_path} and {md_path}")
+    print(summary)
+    return 0
+
+
+def _add_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="DIR", help="artifact folder (its ONNX variants and TensorRT engines)")
+    p.add_argument("--backend", action="append", choices=("ort", "trt"), help="only this backend (repeatable)")
+    p.add_argument("--precision", action="append", choices=("fp32", "fp16", "int8"),
+                   help="only this precision (repeatable)")
+    p.add_argument("--clips", type=int, default=2, metavar="N", help="consecutive clips compared (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic video the inputs come from (default 0)")
+    p.add_argument("--device", default="cuda", help="GPU of the TensorRT engines (cuda or cuda:N)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of ONNX Runtime (default: all cores)")
+    p.add_argument("--json", metavar="FILE", help="write the rows and tolerances to FILE")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from rvos_edge.check import check_folder, failed, format_table, summary_line, write_json
+    rows = check_folder(args.path, backends=args.backend, precisions=args.precision, clips=args.clips,
+                        seed=args.seed, device=_device(args), threads=args.threads)
+    print(format_table(rows))
+    if args.json:
+        write_json(args.json, args.path, rows)
+    print(summary_line(args.path, rows))
+    return 1 if failed(rows) else 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "init": (_add_init, _run_init, "write a checkpoint for a preset (random or given CLIP weights)"),
     "info": (_add_info, _run_info, "print a config and its learnable/frozen parameter counts"),
@@ -294,6 +427,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "train": (_add_train, _run_train, "pretrain a synthetic CLIP or prompt-tune VLP-RVOS (resumable)"),
     "flops": (_add_flops, _run_flops, "per-module GMACs and GFLOPs per frame of a preset or checkpoint"),
     "bench": (_add_bench, _run_bench, "FPS, latency percentiles, first-result latency and peak memory"),
+    "build": (_add_build, _run_build,
+              "FP16 or INT8 (Q/DQ) variants of an artifact folder's graphs, or TensorRT engines"),
+    "calib": (_add_calib, _run_calib, "INT8 calibration: Q/DQ graphs, TensorRT caches, accuracy report"),
+    "check": (_add_check, _run_check,
+              "every backend and precision of a folder against ONNX Runtime FP32 (exit 1 when off)"),
 }
 
 if __name__ == "__main__":

@@ -163,3 +163,49 @@ def test_write_is_atomic(art: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
     atomic_write_bytes(art / "x.bin", b"abc")
     assert (art / "x.bin").read_bytes() == b"abc" and not [p for p in os.listdir(art) if p.startswith(".")]
+
+
+# ---- optional "calibration" field (INT8 variants and TensorRT caches, rvos_edge.calib) ----------------
+
+def _add_calibration(art: Path, cache: dict[str, str]) -> dict:
+    for name in cache.values():
+        (art / name).write_text("TRT-100300-EntropyCalibration2\nx: 3c010204\n")
+    d = json.loads((art / "manifest.json").read_text())
+    d["calibration"] = {"method": "entropy", "samples": 4, "seed": 0, "data": "synthetic:1:4", "exclude": [],
+                        "tool": "onnxruntime.quantization", "trt_version": "10.3.0", "cache": cache}
+    d["files"].update({name: sha256_file(art / name) for name in cache.values()})
+    (art / "manifest.json").write_text(json.dumps(d))
+    return d
+
+
+def test_calibration_round_trips_and_names_its_caches(art: Path) -> None:
+    assert load_manifest(art).calibration is None and "calibration" not in load_manifest(art).to_dict()
+    assert load_manifest(art).calibration_cache("clip_model") is None
+    d = _add_calibration(art, {"clip_model": "clip_model.calib.cache"})
+    m = load_manifest(art)
+    assert m.to_dict() == d
+    assert m.calibration_cache("clip_model") == "clip_model.calib.cache"
+    assert m.calibration_cache("text_encoder") is None
+
+
+def test_calibration_cache_is_checked_like_every_file(art: Path) -> None:
+    _add_calibration(art, {"clip_model": "clip_model.calib.cache"})
+    (art / "clip_model.calib.cache").write_text("changed\n")
+    with pytest.raises(ManifestError) as e:
+        load_manifest(art)
+    assert "clip_model.calib.cache" in _one_line(e) and "sha256" in str(e.value)
+    d = json.loads((art / "manifest.json").read_text())
+    del d["files"]["clip_model.calib.cache"]
+    (art / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ManifestError) as e:
+        load_manifest(art)
+    assert "clip_model.calib.cache" in _one_line(e) and "no sha256" in str(e.value)
+
+
+@pytest.mark.parametrize("calibration", ["entropy", {"cache": ["a"]}, {"cache": {"vision": "a.cache"}},
+                                         {"cache": {"clip_model": 3}}])
+def test_malformed_calibration(art: Path, calibration) -> None:
+    edit_manifest(art, calibration=calibration)
+    with pytest.raises(ManifestError) as e:
+        load_manifest(art)
+    assert "calibration" in _one_line(e)

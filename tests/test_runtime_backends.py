@@ -88,7 +88,7 @@ def test_corrupt_onnx_is_one_line_user_error(art: Path, tmp_path: Path) -> None:
 
 
 def test_registry_errors(art: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="TensorRT support is not installed"):
+    with pytest.raises(UserError, match=r"TensorRT is not installed: pip install 'rvos-edge\[trt\]'"):
         open_engines(art, backend="trt")
     with pytest.raises(UserError, match="unknown backend 'onnx'"):
         open_engines(art, backend="onnx")

@@ -12,9 +12,25 @@ An artifact folder written by ``rvos-edge export`` holds ``text_encoder.onnx``,
                                  "outputs": [...]},
                 "clip_model": {...}},
      "files": {"text_encoder.onnx": "<sha256 hex>", ...},  # every file, external data included
-     "variants": {"fp16": {"text_encoder": "text_encoder.fp16.onnx", "clip_model": "clip_model.fp16.onnx"}},
+     "variants": {"fp16": {"text_encoder": "text_encoder.fp16.onnx", "clip_model": "clip_model.fp16.onnx"},
+                  "int8": {"text_encoder": "text_encoder.int8.onnx", "clip_model": "clip_model.int8.onnx"}},
+     "calibration": {"method": "entropy", "samples": 64, "seed": 0, "data": "synthetic:1:64",   # optional
+                     "exclude": ["*/model.head.out/*"], "tool": "onnxruntime.quantization 1.31.0",
+                     "cache": {"text_encoder": "text_encoder.calib.cache", "clip_model": "clip_model.calib.cache"}},
+     "tensorrt": {"plugin": {...}, "engines": {"fp16": {...}}},   # optional, see rvos_edge.export.trt_plan
      "tokenizer_vocab_sha256": "<sha256 hex>",
      "producer": {"rvos_edge": "0.1.0", "torch": "...", "onnx": "...", "onnxruntime": "..."}}
+
+Variants (written by `rvos_edge.calib`) may name a base file when a graph is
+left unchanged (an int8 variant whose text encoder is excluded from INT8 names
+``text_encoder.onnx``). "calibration" is present once INT8 graphs were
+calibrated: how (method, samples, seed, data, exclusion patterns, quantizer)
+and "cache", the TensorRT implicit-INT8 calibration cache of each quantized
+graph; folders without it (older exports) load as before. "tensorrt" is present
+once the folder holds TensorRT material: "plugin", the clip graph whose CF-MSA
+are CubeFrameAttention plugin nodes (``export --attention plugin``; TensorRT
+only), and "engines", the engines built per precision (TensorRT version, GPU,
+files); `rvos_edge.export.trt_plan` reads and checks it.
 
 Dtypes are numpy names ("int64", "float32", "bool", "uint8", "float16"); symbolic
 dimensions are strings ("B" for the batch, "Tc" for a clip-length range).
@@ -135,6 +151,8 @@ class Manifest:
     graphs: the base-precision graphs, keyed by GRAPH_NAMES.
     files: sha256 (hex) of every file of the folder, keyed by file name.
     variants: other precisions, e.g. {"fp16": {"text_encoder": "text_encoder.fp16.onnx", ...}}.
+    calibration: how the int8 variant was calibrated and its TensorRT caches (see the module docstring); None before.
+    tensorrt: the plugin graph and the TensorRT engines (see `rvos_edge.export.trt_plan`); None before.
     """
 
     config: ModelConfig
@@ -147,6 +165,12 @@ class Manifest:
     precision: str = "fp32"
     variants: dict[str, dict[str, str]] = field(default_factory=dict)
     producer: dict[str, str] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    tensorrt: dict[str, Any] | None = None
+
+    def calibration_cache(self, graph: str) -> str | None:
+        """File name of the TensorRT calibration cache of `graph` (None when it has none)."""
+        return (self.calibration or {}).get("cache", {}).get(graph)
 
     @property
     def precisions(self) -> list[str]:
@@ -174,6 +198,8 @@ class Manifest:
             "variants": {p: dict(v) for p, v in self.variants.items()},
             "tokenizer_vocab_sha256": self.tokenizer_vocab_sha256,
             "producer": dict(self.producer),
+            **({"calibration": dict(self.calibration)} if self.calibration is not None else {}),
+            **({"tensorrt": dict(self.tensorrt)} if self.tensorrt is not None else {}),
         }
 
     @classmethod
@@ -209,6 +235,14 @@ class Manifest:
         for p, v in variants.items():
             if not isinstance(v, dict) or sorted(v) != sorted(GRAPH_NAMES) or not all(isinstance(f, str) for f in v.values()):
                 raise ManifestError(f"manifest variant {p!r} must name a file for each of {', '.join(GRAPH_NAMES)}")
+        calibration = d.get("calibration")
+        if calibration is not None:
+            cache = calibration.get("cache", {}) if isinstance(calibration, dict) else None
+            if not isinstance(cache, dict) or not all(g in GRAPH_NAMES and isinstance(f, str) for g, f in cache.items()):
+                raise ManifestError("manifest 'calibration' must be an object whose 'cache' maps graph names to files")
+        tensorrt = d.get("tensorrt")
+        if tensorrt is not None and not isinstance(tensorrt, dict):
+            raise ManifestError("manifest 'tensorrt' must be an object")
         files = get("files", dict)
         if not all(isinstance(h, str) for h in files.values()):
             raise ManifestError("manifest 'files' must map file names to sha256 hex strings")
@@ -221,6 +255,8 @@ class Manifest:
             opset=get("opset", int), attention=get("attention", str), precision=get("precision", str),
             variants={p: dict(v) for p, v in variants.items()},
             producer=dict(get("producer", dict)),
+            calibration=dict(calibration) if calibration is not None else None,
+            tensorrt=dict(tensorrt) if tensorrt is not None else None,
         )
         manifest._check_contract()
         return manifest
@@ -236,6 +272,7 @@ class Manifest:
                     raise ManifestError(f"manifest graph {name} has {kind} {have}, this rvos-edge expects {want}: "
                                         "re-export with this version of rvos-edge")
         named = [g.file for g in self.graphs.values()] + [f for v in self.variants.values() for f in v.values()]
+        named += [f for f in (self.calibration or {}).get("cache", {}).values()]
         unlisted = [f for f in named if f not in self.files]
         if unlisted:
             raise ManifestError(f"manifest names {', '.join(unlisted)} but lists no sha256 for it")

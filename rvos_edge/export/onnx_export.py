@@ -5,6 +5,9 @@
 How the graphs are made:
 - the prompt interaction is folded into constants and CF-MSA / PRTC run their
   `decomposed` / plain-attention forms, so the graphs hold standard ONNX ops only;
+- attention="plugin" also writes `clip_model.plugin.onnx`, the clip graph with one
+  CubeFrameAttention node per CF-MSA, for TensorRT only (`rvos_edge.export.plugin`);
+  the manifest names it under "tensorrt" and the decomposed graphs stay as they are;
 - `torch.onnx.export(..., dynamo=True)` traces each wrapper below with a dynamic
   batch "B" and, for a clip-length range, a dynamic "Tc". This exporter writes
   opset 18; lower opsets are refused because onnx's version converter cannot
@@ -39,6 +42,7 @@ from rvos_edge.model.tokenizer import tokenize_for_prompts, vocab_sha256
 from rvos_edge.model.vlprvos import VLPRVOS
 
 OPSET = 18
+ATTENTIONS = ("decomposed", "plugin")
 TOLERANCE = {"mask_logits": 1e-3, "history_out": 1e-4, "text_feats": 1e-4, "text_global": 1e-4}
 _TWO_GB = 2 * 1024 ** 3
 
@@ -84,7 +88,8 @@ def _sample_inputs(model: VLPRVOS, batch: int, clip_len: int, seed: int) -> dict
 
 
 def _export_graph(module: nn.Module, spec: GraphSpec, inputs: dict[str, Tensor], path: Path,
-                  clip_len: tuple[int, int]) -> None:
+                  clip_len: tuple[int, int], translation: dict | None = None) -> None:
+    """Export `module` to `path`; translation: the exporter's custom_translation_table (custom op -> ONNX)."""
     names = [t.name for t in spec.inputs]
     batch = torch.export.Dim("B", min=1, max=1024)
     time = torch.export.Dim("Tc", min=clip_len[0], max=clip_len[1]) if clip_len[0] != clip_len[1] else None
@@ -94,7 +99,7 @@ def _export_graph(module: nn.Module, spec: GraphSpec, inputs: dict[str, Tensor],
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, tuple(inputs[n] for n in names), dynamo=True, opset_version=OPSET,
                                     input_names=names, output_names=[t.name for t in spec.outputs],
-                                    dynamic_shapes=dynamic, verbose=False)
+                                    dynamic_shapes=dynamic, verbose=False, custom_translation_table=translation)
     program.save(str(path), external_data=params > _TWO_GB * 0.9)
     onnx.checker.check_model(str(path))
     _check_io(path, spec)
@@ -158,12 +163,13 @@ def export_artifacts(source: str | os.PathLike | VLPRVOS, out_dir: str | os.Path
 
     Returns the manifest written and the verification's max abs error per output.
     clip_len: N for a static clip length, (MIN, MAX) for a range; default the config's.
+    attention: "decomposed", or "plugin" to add the TensorRT plugin clip graph.
     """
     if opset != OPSET:
         raise UserError(f"opset {opset} is not supported: the exporter writes opset {OPSET} "
                         "(ONNX Runtime >= 1.14 and TensorRT 10.x read it)")
-    if attention != "decomposed":
-        raise UserError(f"attention {attention!r} is not available; use 'decomposed'")
+    if attention not in ATTENTIONS:
+        raise UserError(f"attention {attention!r} is not available; use one of {', '.join(ATTENTIONS)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} exists and is not a folder")
@@ -174,10 +180,10 @@ def export_artifacts(source: str | os.PathLike | VLPRVOS, out_dir: str | os.Path
     if not os.access(out_dir, os.W_OK):
         raise UserError(f"cannot write to output folder {out_dir}")
 
-    steps = tqdm(total=5, desc="export", unit="step", disable=not progress, leave=False)
+    steps = tqdm(total=5 + (attention == "plugin"), desc="export", unit="step", disable=not progress, leave=False)
     model = source if isinstance(source, VLPRVOS) else load_checkpoint(source, clip_weights=clip_weights)
     model = model.eval().fold_prompts()
-    model.attention_impl = attention
+    model.attention_impl = "decomposed"
     cfg = model.config
     lengths = parse_clip_len(clip_len, cfg.clip_len)
     specs = expected_graphs(cfg, lengths)
@@ -193,10 +199,18 @@ def export_artifacts(source: str | os.PathLike | VLPRVOS, out_dir: str | os.Path
         steps.update()
         errors = _verify(model, staging, specs, lengths)
         steps.update()
+        tensorrt = None
+        if attention == "plugin":
+            from rvos_edge.export.plugin import PLUGIN_FILE, export_plugin_graph
+            from rvos_edge.export.trt_manifest import plugin_section
+
+            export_plugin_graph(model, specs[CLIP_MODEL], sample, staging / PLUGIN_FILE, lengths)
+            tensorrt = {"plugin": plugin_section(PLUGIN_FILE)}
+            steps.update()
         manifest = Manifest(
             config=cfg, graphs=specs, files=hash_files(staging, sorted(p.name for p in staging.iterdir())),
             tokenizer_vocab_sha256=vocab_sha256(), clip_len=lengths, opset=OPSET, attention=attention,
-            precision="fp32", producer=producer_versions())
+            precision="fp32", producer=producer_versions(), tensorrt=tensorrt)
         for f in staging.iterdir():
             os.replace(f, out_dir / f.name)
         write_manifest(out_dir, manifest)

@@ -7,9 +7,10 @@
 |---------|----------------------------------------|-------------------------------------------|
 | ort     | an artifact folder (manifest checked)  | providers=("cpu",), threads, device_id    |
 | torch   | a ``.safetensors`` checkpoint          | device="cpu", threads                     |
-| trt     | TensorRT engines (a later release)     | -                                         |
+| trt     | an artifact folder's TensorRT engines  | device="cuda" (or "cuda:N"), cuda_graph   |
 
-Each backend module is imported only when used: opening "ort" never imports torch.
+Each backend module is imported only when used: opening "ort" never imports torch,
+opening "trt" imports tensorrt and cuda-python (`pip install 'rvos-edge[trt]'`).
 """
 from __future__ import annotations
 
@@ -34,11 +35,17 @@ def open_engines(path: str | Path, backend: str = "ort", precision: str = "fp32"
     path = Path(path)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if backend == "trt":
-        raise UserError("the TensorRT backend is not available: TensorRT support is not installed in this "
-                        "rvos-edge; use --backend ort (optionally with the onnxruntime TensorRT provider)")
     if not path.exists():
         raise UserError(f"{path} does not exist")
+    if backend == "trt":
+        if not path.is_dir():
+            raise UserError(f"{path} is a file, the trt backend opens an artifact folder with TensorRT engines: "
+                            "export it and build them (rvos-edge build DIR --backend trt)")
+        from rvos_edge.runtime.backends.tensorrt import open_trt
+
+        opts.pop("threads", None)       # CPU threads do not apply to TensorRT engines
+        opts.pop("providers", None)     # onnxruntime's execution providers
+        return open_trt(path, precision, **opts)
     if backend == "ort":
         if not path.is_dir():
             raise UserError(f"{path} is a file, the ort backend opens an artifact folder: export it first "
