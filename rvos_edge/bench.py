@@ -100,7 +100,8 @@ def latency_stats(ms: Sequence[float]) -> dict[str, float]:
 
 # ---------------------------------------------------------------- environment
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -151,7 +152,7 @@ def environment() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             pass
     import onnxruntime
-    return {"cpu_model": _cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
+    return {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "memory_gb": _memory_gb(), "gpu": _gpu_name(), "platform": platform.platform(),
             "python": platform.python_version(), "libraries": libraries,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,22 +48,12 @@ from rvos_edge.eval.evaluate import score_video, segment
 from rvos_edge.eval.metrics import region_similarity
 from rvos_edge.export.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, load_manifest
 from rvos_edge.fileio import atomic_write_bytes
+from rvos_edge.bench import cpu_model
 from rvos_edge.runtime.backends import Engines, open_engines
 from rvos_edge.runtime.segmenter import Segmenter
 
 TARGET_DROP = {"fp16": 0.2, "int8": 1.0}
 """Largest J&F loss against FP32, in points, that the project accepts per precision."""
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _masks(engines: Engines, samples: Sequence[Sample], clip_len: int | None, desc: str, progress: bool) -> list[np.ndarray]:
@@ -158,7 +147,7 @@ def accuracy_report(directory: str | os.PathLike[str], data: str, limit: int | N
         "model": str(directory), "preset": manifest.config.name, "data": data, "split": split,
         "expressions": count, "frames": int(sum(s.num_frames for s in samples)),
         "clip_len": fp32.resolve_clip_len(clip_len),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "onnxruntime": ort.__version__, "provider": "CPUExecutionProvider", "threads": threads},
         "calibration": manifest.calibration, "precisions": results,
         "speed_clip_graph": time_clip_graphs(directory, manifest.precisions, speed_feeds, speed_repeats, threads),

@@ -36,8 +36,8 @@ from rvos_edge.model.tokenizer import tokenize
 from rvos_edge.model.vlprvos import clip_arch
 from rvos_edge.runtime.pipeline import prepare_frame
 from rvos_edge.train.rvos import warmup_cosine
-from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, load_optimizer, read_state, save_optimizer,
-                                   save_tensors_atomic, trim_log, write_state)
+from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, read_state, resume, save_optimizer,
+                                   save_tensors_atomic, write_state)
 
 CLIP_FILE = "clip.safetensors"
 MIN_PIXELS = 30
@@ -153,11 +153,7 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
             clip = CLIP(clip_arch(cfg))
     clip.to(opts.device)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    start = 0
-    if state is not None:
-        load_optimizer(optimizer, out / OPTIMIZER_FILE)
-        start = state["step"]
-        trim_log(out, start)
+    start = resume(optimizer, out, state)
     options = dataclasses.asdict(opts)
 
     def save(step: int) -> None:

@@ -41,8 +41,7 @@ from rvos_edge.model import VLPRVOS, build_model, load_checkpoint, save_checkpoi
 from rvos_edge.model.tokenizer import tokenize_for_prompts
 from rvos_edge.runtime.pipeline import prepare_frame
 from rvos_edge.train.losses import mask_loss
-from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, load_optimizer, read_state, save_optimizer, trim_log,
-                                   write_state)
+from rvos_edge.train.state import OPTIMIZER_FILE, append_log, read_state, resume, save_optimizer, write_state
 
 MODEL_FILE = "model.safetensors"
 
@@ -180,11 +179,7 @@ def train_rvos(opts: RVOSTrainOptions, progress: bool = True) -> dict[str, Any]:
         model = build_model(get_config(opts.preset), opts.clip_weights, seed=opts.seed)
     model.to(opts.device)
     optimizer = make_optimizer(model, opts.lr, opts.weight_decay)
-    start = 0
-    if state is not None:
-        load_optimizer(optimizer, out / OPTIMIZER_FILE)
-        start = state["step"]
-        trim_log(out, start)
+    start = resume(optimizer, out, state)
     options = dataclasses.asdict(opts)
 
     def save(step: int) -> None:

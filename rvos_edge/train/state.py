@@ -85,3 +85,13 @@ def trim_log(out: Path, step: int) -> None:
     if path.is_file():
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
         atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+
+def resume(optimizer: torch.optim.Optimizer, out: Path, state: dict[str, Any] | None) -> int:
+    """The step a run starts from: 0 when new; else the saved step, with the optimizer's
+    state loaded and the log trimmed to that step."""
+    if state is None:
+        return 0
+    load_optimizer(optimizer, out / OPTIMIZER_FILE)
+    trim_log(out, state["step"])
+    return state["step"]
