@@ -99,8 +99,8 @@ def result_name(model: str, backend: str, precision: str, device: str, clip_len:
 
 
 def summarise(folder: Path, skipped: list[str]) -> None:
-    """summary.md and the plots from every result JSON in `folder`."""
-    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    """summary.md and the plots from every bench result in `folder` (files named by `result_name`)."""
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*_tc*_b*.json"))]
     results.sort(key=lambda r: (r["model"]["name"], r["backend"], r["precision"], r["device"], r["batch"], r["clip_len"]))
     lines = [f"# Benchmarks on {folder.name}", ""]
     if results:
