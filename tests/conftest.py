@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny model built once per session, and inputs for it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,3 +23,13 @@ def make_frames(batch: int, frames: int, size: int, seed: int = 0) -> torch.Tens
 
 def make_tokens(texts: list[str], prompts: int) -> torch.Tensor:
     return torch.from_numpy(tokenize_for_prompts(texts, prompts).tokens)
+
+
+def export_tiny(root: Path) -> Path:
+    """A random-weight tiny checkpoint exported to root/"art" (its own folder: callers add variants to it)."""
+    from rvos_edge.export.onnx_export import export_artifacts
+    from rvos_edge.model import build_model, save_checkpoint
+
+    save_checkpoint(build_model("tiny", seed=0), root / "tiny.safetensors")
+    export_artifacts(root / "tiny.safetensors", root / "art", progress=False)
+    return root / "art"

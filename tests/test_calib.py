@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import export_tiny
 from rvos_edge.calib.data import calibration_data
 from rvos_edge.calib.graph import GROUPS, fold_constants, module_path, node_paths
 from rvos_edge.calib.int8 import QUANT_OPS, calibrate, modelopt_available
@@ -29,13 +30,7 @@ EXCLUDE = ["*/model.head.out/*", "clip_model/prtc/*"]
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rvos_edge.export.onnx_export import export_artifacts
-    from rvos_edge.model import build_model, save_checkpoint
-
-    root = tmp_path_factory.mktemp("calib")
-    save_checkpoint(build_model("tiny", seed=0), root / "tiny.safetensors")
-    export_artifacts(root / "tiny.safetensors", root / "art", progress=False)
-    return root / "art"
+    return export_tiny(tmp_path_factory.mktemp("calib"))
 
 
 def _copy(art: Path, tmp: Path, name: str) -> Path:

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
-from fake_tensorrt import FakeCudart, FakeTrt
+from fake_tensorrt import FakeTrt
 from rvos_edge.check import TOLERANCES, Tolerance, check_inputs, mask_iou
 from rvos_edge.cli import main
-from rvos_edge.export.trt_plan import profile_shapes
-from rvos_edge.runtime.backends import tensorrt as trt_backend
-from test_tensorrt_backend import MAX_BATCH, add_engines, entry
+from test_tensorrt_backend import add_engines, entry, install_fake_tensorrt
 
 HAS_TRT = __import__("importlib").util.find_spec("tensorrt") is not None
 
@@ -83,14 +81,7 @@ def test_trt_rows_are_skipped_without_tensorrt(tmp_path: Path, capsys: pytest.Ca
 
 @pytest.fixture()
 def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> FakeTrt:
-    cudart = FakeCudart()
-    profiles = {}
-    for shapes in profile_shapes(TINY, (TINY.clip_len, TINY.clip_len), MAX_BATCH).values():
-        profiles.update(shapes)
-    trt = FakeTrt(cudart, profiles)
-    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: trt)
-    monkeypatch.setattr(trt_backend, "cuda_runtime", lambda: cudart)
-    return trt
+    return install_fake_tensorrt(monkeypatch)[0]
 
 
 def test_trt_rows_run_and_stale_engines_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture,

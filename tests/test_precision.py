@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import export_tiny
 from rvos_edge.calib.fp16 import build_fp16, ort_cpu_fp32_ops, to_fp16
 from rvos_edge.calib.graph import module_path
 from rvos_edge.cli import main
@@ -22,13 +24,7 @@ FP32_KEPT = {"LayerNormalization", "Softmax", "InstanceNormalization", "ReduceSu
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rvos_edge.export.onnx_export import export_artifacts
-    from rvos_edge.model import build_model, save_checkpoint
-
-    root = tmp_path_factory.mktemp("fp16")
-    save_checkpoint(build_model("tiny", seed=0), root / "tiny.safetensors")
-    export_artifacts(root / "tiny.safetensors", root / "art", progress=False)
-    return root / "art"
+    return export_tiny(tmp_path_factory.mktemp("fp16"))
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:

@@ -266,8 +266,8 @@ def test_cuda_graph_is_captured_on_the_second_run_and_replayed(art: Path) -> Non
 
 # ---------------------------------------------------------------- open_trt on fake TensorRT
 
-@pytest.fixture()
-def fake_modules(monkeypatch: pytest.MonkeyPatch):
+def install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeTrt, FakeCudart]:
+    """Make the trt backend load the fake TensorRT and CUDA runtime (profiles: TINY, batch 1..MAX_BATCH)."""
     cudart = FakeCudart()
     profiles = {}
     for shapes in profile_shapes(TINY, (TINY.clip_len, TINY.clip_len), MAX_BATCH).values():
@@ -276,6 +276,11 @@ def fake_modules(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: trt)
     monkeypatch.setattr(trt_backend, "cuda_runtime", lambda: cudart)
     return trt, cudart
+
+
+@pytest.fixture()
+def fake_modules(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeTrt, FakeCudart]:
+    return install_fake_tensorrt(monkeypatch)
 
 
 def test_open_trt_runs_the_engines_of_the_manifest(art: Path, fake_modules) -> None:
