@@ -1,4 +1,5 @@
-# `make test` sets up .venv on a fresh machine (python3 + pip only) and runs the suite.
+# `make demo` and `make test` set up .venv on a fresh machine (python3 + pip only), then
+# run the demo (the shipped demo checkpoint, ONNX Runtime on the CPU) or the test suite.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test clean
+.PHONY: setup demo test clean
 
 setup: $(STAMP)
 
@@ -17,8 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+demo: $(STAMP)
+	$(VENV)/bin/rvos-edge demo --out demo_out
+
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info demo_out

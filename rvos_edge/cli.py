@@ -45,7 +45,7 @@ def _model_config(source: str):
     from rvos_edge.config import PRESETS, get_config
     if source in PRESETS:
         return get_config(source)
-    if source.endswith(".safetensors") or os.path.exists(source):
+    if source.endswith((".safetensors", ".safetensors.gz")) or os.path.exists(source):
         from rvos_edge.model.checkpoint import read_checkpoint_config
         return read_checkpoint_config(source)
     raise UserError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
@@ -53,7 +53,7 @@ def _model_config(source: str):
 
 def _add_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", help="tiny, demo, vit-b16 or vit-l14")
-    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors, or .safetensors.gz compressed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the learnable parts' initialisation")
     p.add_argument("--clip-weights", help="OpenAI-format CLIP weights (random CLIP when omitted)")
     p.add_argument("--trainable-only", action="store_true",
@@ -65,8 +65,6 @@ def _run_init(args: argparse.Namespace) -> int:
     from rvos_edge.model import build_model, save_checkpoint
     cfg = get_config(args.preset)
     out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise UserError(f"checkpoint path must end in .safetensors: {out}")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise UserError(f"cannot write to folder {out.parent}")
     if args.clip_weights and not os.path.isfile(args.clip_weights):
@@ -258,6 +256,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="split of a Ref-YouTube-VOS / Ref-DAVIS17 folder")
     p.add_argument("--clip-weights", metavar="FILE", help="rvos: OpenAI-format CLIP weights (random CLIP when omitted)")
     p.add_argument("--seed", type=int, default=0, help="synthetic world, data order and initialisation")
+    p.add_argument("--ablate", action="append", default=[], choices=("temporal", "history"),
+                   help="rvos: train without temporal prompts and PRTC, or without historical prompts (repeatable)")
     p.add_argument("--steps", type=int, help="total optimizer steps (default: clip 2000, rvos 3000)")
     p.add_argument("--batch-size", type=int, help="default: clip 64 pairs, rvos 4 samples")
     p.add_argument("--lr", type=float, help="peak AdamW learning rate (default: clip 5e-4, rvos 5e-5)")
@@ -285,7 +285,8 @@ def _run_train(args: argparse.Namespace) -> int:
               f"held-out image-to-caption accuracy {s['heldout_accuracy']:.3f}")
         return 0
     from rvos_edge.train.rvos import RVOSTrainOptions, train_rvos
-    s = train_rvos(RVOSTrainOptions(data=args.data, split=args.split, clip_weights=args.clip_weights, **common))
+    s = train_rvos(RVOSTrainOptions(data=args.data, split=args.split, clip_weights=args.clip_weights,
+                                    ablate=tuple(args.ablate), **common))
     print(f"trained {args.preset} to {s['checkpoint']}: steps {s['resumed_from']}..{s['steps']} in "
           f"{s['seconds']:.0f} s, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}")
     return 0
@@ -418,9 +419,43 @@ def _run_check(args: argparse.Namespace) -> int:
     return 1 if failed(rows) else 0
 
 
+def _add_pack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint to repack (trainable-only or full)")
+    p.add_argument("--clip-weights", metavar="FILE", help="CLIP weights completing a trainable-only checkpoint")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="full checkpoint to write (.safetensors, or .safetensors.gz compressed)")
+
+
+def _run_pack(args: argparse.Namespace) -> int:
+    from rvos_edge.model import load_checkpoint, save_checkpoint
+    model = load_checkpoint(args.checkpoint, args.clip_weights)
+    save_checkpoint(model, args.out)
+    size = os.path.getsize(args.out) / 2**20
+    print(f"wrote {args.out}: full {model.config.name} checkpoint (CLIP included), {size:.1f} MiB")
+    return 0
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint to demonstrate (default: the shipped demo one)")
+    p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
+    p.add_argument("--videos", type=int, default=4, metavar="N",
+                   help="held-out synthetic videos to segment (default 4: one of each kind)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of ONNX Runtime (default: all cores)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rvos_edge.demo import run_demo
+    r = run_demo(args.checkpoint, args.out, args.videos, args.threads)
+    print(f"demo: J&F {r['J&F']:.3f} on {len(r['videos'])} held-out synthetic videos ({r['frames']} frames), "
+          f"{r['fps']['end_to_end']:.0f} fps end to end ({r['fps']['engine']:.0f} fps in the engine) with "
+          f"ONNX Runtime on the CPU; masks and overlays in {args.out}/")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "init": (_add_init, _run_init, "write a checkpoint for a preset (random or given CLIP weights)"),
     "info": (_add_info, _run_info, "print a config and its learnable/frozen parameter counts"),
+    "pack": (_add_pack, _run_pack, "write a self-contained (full) checkpoint, gzip-compressed when it ends in .gz"),
     "export": (_add_export, _run_export, "export a checkpoint to ONNX graphs and a manifest"),
     "run": (_add_run, _run_run, "segment a video, image folder or camera for one or more expressions"),
     "eval": (_add_eval, _run_eval, "J&F of a model on synthetic or real referring-video data"),
@@ -432,6 +467,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "calib": (_add_calib, _run_calib, "INT8 calibration: Q/DQ graphs, TensorRT caches, accuracy report"),
     "check": (_add_check, _run_check,
               "every backend and precision of a folder against ONNX Runtime FP32 (exit 1 when off)"),
+    "demo": (_add_demo, _run_demo, "export the shipped demo checkpoint and segment held-out synthetic videos on the CPU"),
 }
 
 if __name__ == "__main__":

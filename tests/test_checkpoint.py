@@ -1,19 +1,21 @@
 """Checkpoints (full and trainable-only) and the `init` / `info` commands."""
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load, load_file, save_file
 
 from conftest import make_frames, make_tokens
 from rvos_edge.cli import main
 from rvos_edge.config import get_config
 from rvos_edge.errors import UserError
 from rvos_edge.model import build_model, load_checkpoint, save_checkpoint
+from rvos_edge.model.checkpoint import read_checkpoint_config
 from rvos_edge.model.clip import CLIP
 from rvos_edge.model.vlprvos import clip_arch
 
@@ -47,6 +49,30 @@ def test_full_round_trip_is_bit_exact(tmp_path):
         assert torch.equal(model(frames, tokens)[0], loaded(frames, tokens)[0])
 
 
+def test_gzipped_checkpoint_round_trip(tmp_path):
+    model = build_model("tiny", seed=12)
+    with torch.no_grad():
+        model.clip.token_embedding.weight[100:] = 0           # compressible, as the demo CLIP's unused rows
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    save_checkpoint(model, tmp_path / "m.safetensors.gz")
+    gz, plain = tmp_path / "m.safetensors.gz", tmp_path / "m.safetensors"
+    inner, flat = load(gzip.decompress(gz.read_bytes())), load_file(str(plain))     # plain safetensors inside
+    assert inner.keys() == flat.keys() and all(torch.equal(inner[k], flat[k]) for k in flat)
+    assert gz.stat().st_size < 0.5 * plain.stat().st_size
+    assert read_checkpoint_config(gz) == model.config
+    _same_state(model, load_checkpoint(gz))
+
+
+def test_corrupt_gzipped_checkpoint_is_a_user_error(tmp_path):
+    bad = tmp_path / "bad.safetensors.gz"
+    bad.write_bytes(gzip.compress(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"))
+    with pytest.raises(UserError, match="gzip-compressed safetensors"):
+        load_checkpoint(bad)
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match="gzip-compressed safetensors"):
+        load_checkpoint(bad)
+
+
 def test_trainable_only_round_trip(tmp_path, clip_file):
     path, clip = clip_file
     model = build_model("tiny", clip_weights=path, seed=2)
@@ -59,6 +85,18 @@ def test_trainable_only_round_trip(tmp_path, clip_file):
     _same_state(model, loaded)
     with pytest.raises(UserError, match="only the trainable weights"):
         load_checkpoint(tmp_path / "t.safetensors")
+
+
+def test_pack_makes_a_self_contained_checkpoint(tmp_path, clip_file, capsys):
+    path, _ = clip_file
+    model = build_model("tiny", clip_weights=path, seed=3)
+    save_checkpoint(model, tmp_path / "t.safetensors", trainable_only=True)
+    out = tmp_path / "packed.safetensors.gz"
+    assert main(["pack", str(tmp_path / "t.safetensors"), "--clip-weights", str(path), "--out", str(out)]) == 0
+    assert "full tiny checkpoint" in capsys.readouterr().out
+    _same_state(model, load_checkpoint(out))           # no CLIP file needed any more
+    assert main(["pack", str(tmp_path / "t.safetensors"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "only the trainable weights" in capsys.readouterr().err
 
 
 def test_trainable_only_refuses_another_clip(tmp_path, clip_file):

@@ -140,3 +140,44 @@ def test_train_command(tmp_path, capsys):
     assert load_checkpoint(out / "model.safetensors").config.name == "tiny"
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_world_token_ids_cover_every_expression_and_caption():
+    from rvos_edge.data import generate
+    from rvos_edge.model.tokenizer import tokenize
+    from rvos_edge.train.clip_pretrain import pairs, world_token_ids
+
+    kept = set(world_token_ids().tolist())
+    expressions = [generate(3, i).expression for i in range(120)]
+    _, captions = pairs(3, 0, 120, 64)
+    used = set(np.unique(tokenize(expressions + captions)).tolist())
+    assert used <= kept and {0, 49406, 49407} <= kept
+    assert len(kept) < 200          # a small lexicon, not the whole BPE vocabulary
+
+
+def test_clip_pretraining_keeps_unused_token_rows_zero(tmp_path):
+    from rvos_edge.train.clip_pretrain import world_token_ids
+
+    train_clip(CLIPTrainOptions(out=str(tmp_path), preset="tiny", steps=2, batch_size=4, warmup=1), progress=False)
+    rows = load_openai_clip(tmp_path / "clip.safetensors").token_embedding.weight
+    used = torch.zeros(len(rows), dtype=torch.bool)
+    used[torch.from_numpy(world_token_ids())] = True
+    assert torch.count_nonzero(rows[~used]) == 0
+    assert bool((rows[used].abs().sum(1) > 0).all())
+
+
+def test_ablations_switch_components_off(tmp_path, capsys):
+    from rvos_edge.config import get_config
+    from rvos_edge.train.rvos import ablated_config
+
+    cfg = ablated_config(get_config("demo"), ("history", "temporal"))
+    assert (cfg.name, cfg.use_history, cfg.use_temporal_prompts) == ("demo-no-history-no-temporal", False, False)
+    assert ablated_config(get_config("demo"), ()) == get_config("demo")
+    with pytest.raises(UserError, match="unknown ablation"):
+        ablated_config(get_config("demo"), ("prtc",))
+    out = tmp_path / "run"
+    assert main(["train", "--stage", "rvos", "--preset", "tiny", "--ablate", "history", "--out", str(out),
+                 "--steps", "1", "--batch-size", "1"]) == 0
+    model = load_checkpoint(out / "model.safetensors")
+    assert model.config.use_history is False and model.history_prompts is None
+    assert model.config.use_temporal_prompts is True

@@ -105,6 +105,15 @@ class _Plan:
     expression: str
 
 
+def expression_words() -> list[str]:
+    """Every word a referring expression of this world can use (the grammar's lexicon), sorted."""
+    phrases = [*COLOURS, *SHAPES, *RADIUS, "shape", "object", "the",
+               *(p for group in _MOTION_PHRASES.values() for p in group),
+               *(a for group in _MOTION_ADJECTIVES.values() for a in group),
+               *(p.format("") for group in _PLACE_PHRASES.values() for p in group)]
+    return sorted({w for p in phrases for w in p.split()})
+
+
 def generate(seed: int, index: int, kinds: tuple[str, ...] = KINDS) -> Sample:
     """Sample `index` of the world `seed`; its kind is kinds[index % len(kinds)]."""
     unknown = set(kinds) - set(KINDS)

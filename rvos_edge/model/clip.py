@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from rvos_edge.errors import UserError
 from rvos_edge.model.layers import Attention
-from rvos_edge.model.weights import read_safetensors_metadata, read_state_dict
+from rvos_edge.model.weights import is_safetensors_path, read_safetensors_metadata, read_state_dict
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -251,7 +251,7 @@ def load_openai_clip(path: str | os.PathLike, image_size: int | None = None,
     Returns an fp32 CLIP in eval mode.
     """
     sd = read_state_dict(path)
-    if str(path).endswith(".safetensors"):
+    if is_safetensors_path(path):
         meta = read_safetensors_metadata(path)
         vision_heads = vision_heads or (int(meta["vision_heads"]) if "vision_heads" in meta else None)
         text_heads = text_heads or (int(meta["text_heads"]) if "text_heads" in meta else None)

@@ -2,7 +2,8 @@
 
 `read_state_dict` accepts three kinds of file:
 
-* ``*.safetensors``: read with safetensors.
+* ``*.safetensors``: read with safetensors; ``*.safetensors.gz``, the same gzip-compressed
+  (decompressed in memory; the shipped demo checkpoint is one).
 * A TorchScript archive, as `torch.jit.save` writes it and as OpenAI's CLIP release
   files (``ViT-B-16.pt`` ...) are: a zip holding ``<prefix>/data.pkl`` (the module
   objects, pickled), ``<prefix>/data/<key>`` (raw storage bytes), ``<prefix>/code/``
@@ -29,6 +30,8 @@ here too, with the file's offsets and strides.
 from __future__ import annotations
 
 import collections
+import gzip
+import json
 import os
 import pickle
 import re
@@ -43,6 +46,7 @@ import torch
 
 from rvos_edge.errors import UserError
 
+GZIP_SUFFIX = ".safetensors.gz"
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
 
@@ -57,6 +61,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     head = _read_head(path)
     if path.suffix.lower() == ".safetensors":
         tensors = _read_safetensors(path)
+    elif path.name.lower().endswith(GZIP_SUFFIX):
+        tensors = _read_gzipped_safetensors(path)
     elif head.startswith(_ZIP_MAGIC):
         tensors = _read_zip(path)
     elif head.startswith(_PICKLE_PROTO):
@@ -72,11 +78,32 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata header of a safetensors file (``{}`` if it has none); tensors are not read."""
     path = Path(path)
     _read_head(path)
+    if path.name.lower().endswith(GZIP_SUFFIX):
+        return _gzipped_metadata(path)
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except (safetensors.SafetensorError, OSError) as exc:
         raise UserError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from exc
+
+
+def is_safetensors_path(path: str | os.PathLike) -> bool:
+    """True for ``*.safetensors`` and ``*.safetensors.gz`` names."""
+    name = Path(path).name.lower()
+    return name.endswith(".safetensors") or name.endswith(GZIP_SUFFIX)
+
+
+def _gzipped_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header (8-byte little-endian length, then JSON) read from the start of the stream."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            size = int.from_bytes(stream.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                raise ValueError(f"header length {size}")
+            header = json.loads(stream.read(size))
+    except (OSError, EOFError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable gzip-compressed safetensors file ({_one_line(exc)})") from exc
+    return dict(header.get("__metadata__") or {})
 
 
 def _read_head(path: Path) -> bytes:
@@ -100,6 +127,14 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return safetensors.torch.load_file(str(path), device="cpu")
     except (safetensors.SafetensorError, OSError) as exc:
         raise UserError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from exc
+
+
+def _read_gzipped_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with gzip.open(path, "rb") as stream:
+            return safetensors.torch.load(stream.read())
+    except (safetensors.SafetensorError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable gzip-compressed safetensors file ({_one_line(exc)})") from exc
 
 
 def _read_zip(path: Path) -> dict[str, torch.Tensor]:

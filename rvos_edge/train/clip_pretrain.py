@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.data import HELDOUT_SEED
-from rvos_edge.data.synthetic import SIZE, SceneObject, generate_frame
+from rvos_edge.data.synthetic import SIZE, SceneObject, expression_words, generate_frame
 from rvos_edge.errors import UserError
 from rvos_edge.model.clip import CLIP, CLIP_MEAN, CLIP_STD, load_openai_clip
 from rvos_edge.model.tokenizer import tokenize
@@ -59,22 +59,27 @@ class CLIPTrainOptions:
     resume: bool = False
 
 
+PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the middle")
+PREFIXES = ("", "a picture of ", "a scene with ")
+EMPTY = "an empty background"
+
+
 def _place(x: float, y: float) -> str:
     third = SIZE / 3
     if x < third:
-        return "on the left"
+        return PLACES[0]
     if x > 2 * third:
-        return "on the right"
+        return PLACES[1]
     if y < third:
-        return "at the top"
-    return "at the bottom" if y > 2 * third else "in the middle"
+        return PLACES[2]
+    return PLACES[3] if y > 2 * third else PLACES[4]
 
 
 def caption(objects: list[SceneObject], labels: np.ndarray, rng: np.random.Generator) -> str:
     """A caption naming the objects with at least MIN_PIXELS visible pixels in `labels`, in random order."""
     seen = [o for o in objects if np.count_nonzero(labels == o.id) >= MIN_PIXELS]
     if not seen:
-        return "an empty background"
+        return EMPTY
     parts = []
     for i in rng.permutation(len(seen)):
         o = seen[int(i)]
@@ -83,7 +88,24 @@ def caption(objects: list[SceneObject], labels: np.ndarray, rng: np.random.Gener
             words.append(_place(*o.centres[0]))
         parts.append("a " + " ".join(words))
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return str(rng.choice(("", "a picture of ", "a scene with "))) + text
+    return str(rng.choice(PREFIXES)) + text
+
+
+def world_token_ids() -> np.ndarray:
+    """Sorted ids of every token a caption or a synthetic referring expression can contain, with
+    SOS, EOS and the padding id 0: the only rows of the token embedding the synthetic world uses."""
+    texts = [*expression_words(), *PLACES, *PREFIXES, EMPTY, "a , and"]
+    return np.unique(tokenize(texts))
+
+
+def zero_unused_tokens(clip: CLIP) -> None:
+    """Zero the token embedding rows outside world_token_ids(). No gradient ever reaches those rows
+    and weight decay keeps zero at zero, so they stay zero through training; the saved weights
+    then compress to about a third (the shipped demo checkpoint relies on this)."""
+    unused = torch.ones(clip.token_embedding.num_embeddings, dtype=torch.bool)
+    unused[torch.from_numpy(world_token_ids())] = False
+    with torch.no_grad():
+        clip.token_embedding.weight[unused.to(clip.token_embedding.weight.device)] = 0
 
 
 def pairs(seed: int, step: int, batch_size: int, image_size: int) -> tuple[np.ndarray, list[str]]:
@@ -151,6 +173,7 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
             clip = CLIP(clip_arch(cfg))
+        zero_unused_tokens(clip)
     clip.to(opts.device)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     start = resume(optimizer, out, state)

@@ -54,6 +54,7 @@ class RVOSTrainOptions:
     split: str | None = None
     seed: int = 0
     clip_weights: str | None = None
+    ablate: tuple[str, ...] = ()   # "temporal" (no temporal prompts / PRTC), "history" (no historical prompts)
     steps: int = 3000
     batch_size: int = 4
     lr: float = 5e-5
@@ -76,6 +77,20 @@ class Batch:
 
     def to(self, device: str | torch.device) -> "Batch":
         return Batch(self.frames.to(device), self.masks.to(device), self.tokens.to(device))
+
+
+ABLATIONS = {"temporal": "use_temporal_prompts", "history": "use_history"}
+
+
+def ablated_config(cfg: ModelConfig, ablate: tuple[str, ...]) -> ModelConfig:
+    """`cfg` with the named components switched off (ABLATIONS); the name records them ("demo-no-history")."""
+    unknown = sorted(set(ablate) - set(ABLATIONS))
+    if unknown:
+        raise UserError(f"unknown ablation {', '.join(unknown)}: choose from {', '.join(ABLATIONS)}")
+    if not ablate:
+        return cfg
+    off = sorted(set(ablate))
+    return dataclasses.replace(cfg, name=f"{cfg.name}-no-{'-no-'.join(off)}", **{ABLATIONS[a]: False for a in off})
 
 
 def warmup_cosine(step: int, steps: int, warmup: int, lr: float, floor: float = 0.1) -> float:
@@ -175,8 +190,8 @@ def train_rvos(opts: RVOSTrainOptions, progress: bool = True) -> dict[str, Any]:
         state = read_state(out, "rvos")
         model = load_checkpoint(out / MODEL_FILE, opts.clip_weights)
     else:
+        model = build_model(ablated_config(get_config(opts.preset), opts.ablate), opts.clip_weights, seed=opts.seed)
         out.mkdir(parents=True, exist_ok=True)
-        model = build_model(get_config(opts.preset), opts.clip_weights, seed=opts.seed)
     model.to(opts.device)
     optimizer = make_optimizer(model, opts.lr, opts.weight_decay)
     start = resume(optimizer, out, state)

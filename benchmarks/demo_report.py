@@ -1,0 +1,106 @@
+"""The demo checkpoint's record: how it was trained and how it (and its ablations) score.
+
+    python benchmarks/demo_report.py --clip runs/clip \\
+        --run full=runs/demo --run no-temporal=runs/demo-no-temporal --run no-history=runs/demo-no-history \\
+        --eval full=jf_full.json --eval no-temporal=jf_nt.json --eval no-history=jf_nh.json
+
+reads the run folders of `rvos-edge train` (train_state.json, train_log.jsonl) and the
+JSON files of `rvos-edge eval --json`, and writes results/demo/training.{json,md} (options,
+wall time, loss at the start and the end of each run, the CLIP's held-out image-to-caption
+accuracy) and results/demo/jf.md (J&F overall and per sample kind, one row per model).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvos_edge.bench import environment, machine_name
+from rvos_edge.fileio import atomic_write_bytes
+
+RESULTS = Path(__file__).resolve().parent / "results" / "demo"
+KINDS = ("appearance", "position", "motion", "reappearance")
+WINDOW = 20   # log lines (of 10 steps each) averaged for the start and end losses
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, Path]:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} takes NAME=PATH, got {v!r}")
+        out[name] = Path(path)
+    return out
+
+
+def run_summary(folder: Path) -> dict[str, Any]:
+    """Options, steps done, wall seconds and mean loss over the first and last WINDOW log lines of a run."""
+    state = json.loads((folder / "train_state.json").read_text())
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in log]
+    return {"stage": state["stage"], "steps": state["step"], "options": state["options"],
+            "seconds": log[-1]["seconds"] if log else None,
+            "loss_start": float(np.mean(losses[:WINDOW])), "loss_end": float(np.mean(losses[-WINDOW:])),
+            "loss_curve": [{"step": r["step"], "loss": r["loss"]} for r in log[::10]]}
+
+
+def clip_accuracy(folder: Path) -> float:
+    from rvos_edge.config import get_config
+    from rvos_edge.model.clip import load_openai_clip
+    from rvos_edge.train.clip_pretrain import CLIP_FILE, retrieval_accuracy
+
+    preset = json.loads((folder / "train_state.json").read_text())["options"]["preset"]
+    return retrieval_accuracy(load_openai_clip(folder / CLIP_FILE), get_config(preset))
+
+
+def _command(summary: dict[str, Any]) -> str:
+    o = summary["options"]
+    words = ["rvos-edge train", f"--stage {summary['stage']}", f"--out {o['out']}", f"--preset {o['preset']}",
+             f"--steps {o['steps']}", f"--batch-size {o['batch_size']}", f"--lr {o['lr']:g}", f"--warmup {o['warmup']}"]
+    if o.get("clip_weights"):
+        words.append(f"--clip-weights {o['clip_weights']}")
+    words += [f"--ablate {a}" for a in o.get("ablate") or ()]
+    return " ".join(words)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clip", type=Path, required=True, help="run folder of `train --stage clip`")
+    ap.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="run folder of `train --stage rvos`")
+    ap.add_argument("--eval", action="append", default=[], metavar="NAME=JSON", help="`rvos-edge eval --json` output")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    runs, evals = _pairs(args.run, "--run"), _pairs(args.eval, "--eval")
+
+    clip = {**run_summary(args.clip), "heldout_accuracy": clip_accuracy(args.clip)}
+    summaries = {name: run_summary(folder) for name, folder in runs.items()}
+    scores = {name: json.loads(path.read_text()) for name, path in evals.items()}
+    record = {"machine": machine_name(environment()), "clip": clip, "runs": summaries,
+              "jf": {n: {"overall": s["overall"], "by_kind": s["by_kind"], "data": s["data"]} for n, s in scores.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "training.json", json.dumps(record, indent=1).encode())
+
+    lines = [f"# Demo checkpoint: training ({record['machine']})", "",
+             "| run | command | steps | wall | loss start -> end |", "|---|---|---:|---:|---|"]
+    for name, s in {"clip": clip, **summaries}.items():
+        lines.append(f"| {name} | `{_command(s)}` | {s['steps']} | {s['seconds'] / 60:.0f} min | "
+                     f"{s['loss_start']:.3f} -> {s['loss_end']:.3f} |")
+    lines += ["", f"CLIP held-out image-to-caption top-1 accuracy (256 pairs): {clip['heldout_accuracy']:.3f}", ""]
+    atomic_write_bytes(args.out / "training.md", "\n".join(lines).encode())
+
+    rows = ["| model | J&F | J | F | " + " | ".join(KINDS) + " |", "|---|---:|---:|---:|" + "---:|" * len(KINDS)]
+    for name, s in scores.items():
+        o, k = s["overall"], s["by_kind"]
+        rows.append(f"| {name} | {o['J&F']:.3f} | {o['J']:.3f} | {o['F']:.3f} | "
+                    + " | ".join(f"{k[x]['J&F']:.3f}" if x in k else "-" for x in KINDS) + " |")
+    data = sorted({s["data"] for s in scores.values()})
+    table = [f"# J&F on {', '.join(data)} ({record['machine']})", "", *rows, ""]
+    atomic_write_bytes(args.out / "jf.md", "\n".join(table).encode())
+    print("\n".join(lines + table))
+
+
+if __name__ == "__main__":
+    main()
