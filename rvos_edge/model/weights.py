@@ -43,6 +43,7 @@ from pathlib import Path
 import safetensors
 import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors_bytes
 
 from rvos_edge.errors import UserError
 
@@ -132,7 +133,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_gzipped_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with gzip.open(path, "rb") as stream:
-            return safetensors.torch.load(stream.read())
+            return load_safetensors_bytes(stream.read())       # safetensors parsing, no pickle
     except (safetensors.SafetensorError, OSError, EOFError) as exc:
         raise UserError(f"{path}: not a readable gzip-compressed safetensors file ({_one_line(exc)})") from exc
 
