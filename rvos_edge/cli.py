@@ -45,7 +45,8 @@ def _model_config(source: str):
     from rvos_edge.config import PRESETS, get_config
     if source in PRESETS:
         return get_config(source)
-    if source.endswith((".safetensors", ".safetensors.gz")) or os.path.exists(source):
+    from rvos_edge.model.weights import is_safetensors_path
+    if is_safetensors_path(source) or os.path.exists(source):
         from rvos_edge.model.checkpoint import read_checkpoint_config
         return read_checkpoint_config(source)
     raise UserError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")

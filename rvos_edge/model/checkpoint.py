@@ -7,9 +7,9 @@ Two forms:
   clip_weights=FILE)` completes it and refuses a CLIP file with another sha256.
 
 A path ending in .safetensors.gz is the same file gzip-compressed (level 9, no
-timestamp); weights that compress well
-(the demo CLIP's token rows the synthetic world never uses are zero) take a third
-of the space. Nothing is unpickled: safetensors holds only tensors and string metadata.
+timestamp). Weights with many zeros shrink a lot: the shipped demo checkpoint,
+whose CLIP token rows outside the synthetic vocabulary are zero, goes from 43 MB
+to 16 MB. Nothing is unpickled: safetensors holds only tensors and string metadata.
 """
 from __future__ import annotations
 
