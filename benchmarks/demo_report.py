@@ -5,9 +5,9 @@
         --eval full=jf_full.json --eval no-temporal=jf_nt.json --eval no-history=jf_nh.json
 
 reads the run folders of `rvos-edge train` (train_state.json, train_log.jsonl) and the
-JSON files of `rvos-edge eval --json`, and writes results/demo/training.{json,md} (options,
-wall time, loss at the start and the end of each run, the CLIP's held-out image-to-caption
-accuracy) and results/demo/jf.md (J&F overall and per sample kind, one row per model).
+JSON files of `rvos-edge eval --json`, and writes results/demo/training.{json,md} (the
+command, wall time and loss at the start and the end of each leg of each run (a resumed run
+has a leg per command), the CLIP's held-out image-to-caption accuracy) and results/demo/jf.md (J&F overall and per sample kind, one row per model).
 """
 from __future__ import annotations
 
@@ -37,13 +37,17 @@ def _pairs(values: list[str], flag: str) -> dict[str, Path]:
 
 
 def run_summary(folder: Path) -> dict[str, Any]:
-    """Options, steps done, wall seconds and mean loss over the first and last WINDOW log lines of a run."""
+    """Options, steps done, wall seconds and the legs of a run (one per command that trained it, a
+    resumed run has several), each with its mean loss over its first and last WINDOW log lines."""
     state = json.loads((folder / "train_state.json").read_text())
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    losses = [r["loss"] for r in log]
-    return {"stage": state["stage"], "steps": state["step"], "options": state["options"],
-            "seconds": log[-1]["seconds"] if log else None,
-            "loss_start": float(np.mean(losses[:WINDOW])), "loss_end": float(np.mean(losses[-WINDOW:])),
+    legs = state.get("legs") or [{"from": 0, "to": state["step"], "options": state["options"],
+                                  "seconds": log[-1]["seconds"] if log else None}]
+    for leg in legs:
+        losses = [r["loss"] for r in log if leg["from"] < r["step"] <= leg["to"]]
+        leg["loss_start"], leg["loss_end"] = float(np.mean(losses[:WINDOW])), float(np.mean(losses[-WINDOW:]))
+    return {"stage": state["stage"], "steps": state["step"], "options": state["options"], "legs": legs,
+            "seconds": sum(leg["seconds"] for leg in legs),
             "loss_curve": [{"step": r["step"], "loss": r["loss"]} for r in log[::10]]}
 
 
@@ -56,14 +60,14 @@ def clip_accuracy(folder: Path) -> float:
     return retrieval_accuracy(load_openai_clip(folder / CLIP_FILE), get_config(preset))
 
 
-def _command(summary: dict[str, Any]) -> str:
-    o = summary["options"]
-    words = ["rvos-edge train", f"--stage {summary['stage']}", f"--out {o['out']}", f"--preset {o['preset']}",
+def _command(stage: str, leg: dict[str, Any]) -> str:
+    o = leg["options"]
+    words = ["rvos-edge train", f"--stage {stage}", f"--out {o['out']}", f"--preset {o['preset']}",
              f"--steps {o['steps']}", f"--batch-size {o['batch_size']}", f"--lr {o['lr']:g}", f"--warmup {o['warmup']}"]
     if o.get("clip_weights"):
         words.append(f"--clip-weights {o['clip_weights']}")
     words += [f"--ablate {a}" for a in o.get("ablate") or ()]
-    return " ".join(words)
+    return " ".join(words + (["--resume"] if leg["from"] else []))
 
 
 def main() -> None:
@@ -86,8 +90,9 @@ def main() -> None:
     lines = [f"# Demo checkpoint: training ({record['machine']})", "",
              "| run | command | steps | wall | loss start -> end |", "|---|---|---:|---:|---|"]
     for name, s in {"clip": clip, **summaries}.items():
-        lines.append(f"| {name} | `{_command(s)}` | {s['steps']} | {s['seconds'] / 60:.0f} min | "
-                     f"{s['loss_start']:.3f} -> {s['loss_end']:.3f} |")
+        for leg in s["legs"]:
+            lines.append(f"| {name} | `{_command(s['stage'], leg)}` | {leg['from']}-{leg['to']} | "
+                         f"{leg['seconds'] / 60:.0f} min | {leg['loss_start']:.3f} -> {leg['loss_end']:.3f} |")
     lines += ["", f"CLIP held-out image-to-caption top-1 accuracy (256 pairs): {clip['heldout_accuracy']:.3f}", ""]
     atomic_write_bytes(args.out / "training.md", "\n".join(lines).encode())
 

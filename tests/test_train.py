@@ -90,9 +90,28 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+    legs = read_state(tmp_path / "b", "rvos")["legs"]          # each command's part of the run, in order
+    assert [(x["from"], x["to"], x["options"]["steps"]) for x in legs] == [(0, 2, 2), (2, 3, 3)]
+    assert all(x["seconds"] > 0 for x in legs)
     (tmp_path / "b" / "model.safetensors").write_bytes(b"cut short")
     with pytest.raises(UserError, match="interrupted"):
         read_state(tmp_path / "b", "rvos")
+
+
+def test_state_without_legs_resumes_as_one_leg(tmp_path):
+    """A run saved before legs were recorded: its one leg gets the options and the log's wall time."""
+    common = dict(preset="tiny", batch_size=1, warmup=1, lr=1e-3, log_every=1, save_every=1)
+    out = tmp_path / "run"
+    train_rvos(RVOSTrainOptions(out=str(out), steps=1, **common), progress=False)
+    state = json.loads((out / "train_state.json").read_text())
+    del state["legs"]
+    (out / "train_state.json").write_text(json.dumps(state))
+    logged = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["seconds"]
+    train_rvos(RVOSTrainOptions(out=str(out), steps=2, resume=True, **common), progress=False)
+    first, second = read_state(out, "rvos")["legs"]
+    assert (first["from"], first["to"], first["options"]["steps"]) == (0, 1, 1)
+    assert first["seconds"] == pytest.approx(logged, abs=0.05)   # legs keep 0.1 s
+    assert (second["from"], second["to"], second["options"]["steps"]) == (1, 2, 2)
 
 
 def test_heldout_seed_is_refused(tmp_path):

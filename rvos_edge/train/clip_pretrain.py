@@ -36,7 +36,7 @@ from rvos_edge.model.tokenizer import tokenize
 from rvos_edge.model.vlprvos import clip_arch
 from rvos_edge.runtime.pipeline import prepare_frame
 from rvos_edge.train.rvos import warmup_cosine
-from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, read_state, resume, save_optimizer,
+from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, leg, read_state, resume, save_optimizer,
                                    save_tensors_atomic, write_state)
 
 CLIP_FILE = "clip.safetensors"
@@ -176,13 +176,14 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
         zero_unused_tokens(clip)
     clip.to(opts.device)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    start = resume(optimizer, out, state)
+    start, legs = resume(optimizer, out, state)
     options = dataclasses.asdict(opts)
 
     def save(step: int) -> None:
         save_clip(clip, out / CLIP_FILE, {"steps": str(step), "options": json.dumps(options)})
         save_optimizer(optimizer, out / OPTIMIZER_FILE)
-        write_state(out, "clip", step, CLIP_FILE, options)
+        write_state(out, "clip", step, CLIP_FILE, options,
+                    legs + [leg(start, step, time.perf_counter() - t0, options)])
 
     t0, losses = time.perf_counter(), []
     bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc=f"clip {cfg.name}", unit="step",

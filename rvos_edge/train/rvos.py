@@ -41,7 +41,7 @@ from rvos_edge.model import VLPRVOS, build_model, load_checkpoint, save_checkpoi
 from rvos_edge.model.tokenizer import tokenize_for_prompts
 from rvos_edge.runtime.pipeline import prepare_frame
 from rvos_edge.train.losses import mask_loss
-from rvos_edge.train.state import OPTIMIZER_FILE, append_log, read_state, resume, save_optimizer, write_state
+from rvos_edge.train.state import OPTIMIZER_FILE, append_log, leg, read_state, resume, save_optimizer, write_state
 
 MODEL_FILE = "model.safetensors"
 
@@ -194,13 +194,14 @@ def train_rvos(opts: RVOSTrainOptions, progress: bool = True) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
     model.to(opts.device)
     optimizer = make_optimizer(model, opts.lr, opts.weight_decay)
-    start = resume(optimizer, out, state)
+    start, legs = resume(optimizer, out, state)
     options = dataclasses.asdict(opts)
 
     def save(step: int) -> None:
         save_checkpoint(model, out / MODEL_FILE, trainable_only=opts.clip_weights is not None)
         save_optimizer(optimizer, out / OPTIMIZER_FILE)
-        write_state(out, "rvos", step, MODEL_FILE, options)
+        write_state(out, "rvos", step, MODEL_FILE, options,
+                    legs + [leg(start, step, time.perf_counter() - t0, options)])
 
     t0, history = time.perf_counter(), []
     bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc=f"train {model.config.name}",

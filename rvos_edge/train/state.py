@@ -3,9 +3,11 @@
     OUT/<weights file>            the model (a checkpoint, or OpenAI-format CLIP weights)
     OUT/optimizer.safetensors     AdamW moments and step counts: tensors "state.<param>.<key>",
                                   the param groups as JSON in the metadata
-    OUT/train_state.json          written last: stage, step, options, and the sha256 of both
-                                  files above, so a run killed half-way through a save is
-                                  detected on resume instead of mixing two steps
+    OUT/train_state.json          written last: stage, step, options, the legs (one per command
+                                  that trained the run: {"from", "to", "seconds", "options"}, so
+                                  a resumed run records how each part was trained) and the
+                                  sha256 of both files above, so a run killed half-way through a
+                                  save is detected on resume instead of mixing two steps
     OUT/train_log.jsonl           one JSON object per logged step (appended)
 """
 from __future__ import annotations
@@ -51,9 +53,16 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         raise UserError(f"{path} does not match the model being trained: {e}") from None
 
 
-def write_state(out: Path, stage: str, step: int, weights: str, options: dict[str, Any]) -> None:
-    """Record that `weights` and the optimizer file in `out` hold step `step` (call after saving both)."""
-    state = {"format": FORMAT, "stage": stage, "step": step, "options": options,
+def leg(start: int, step: int, seconds: float, options: dict[str, Any]) -> dict[str, Any]:
+    """One command's part of a run: steps start..step, its wall time and its options."""
+    return {"from": start, "to": step, "seconds": round(seconds, 1), "options": options}
+
+
+def write_state(out: Path, stage: str, step: int, weights: str, options: dict[str, Any],
+                legs: list[dict[str, Any]]) -> None:
+    """Record that `weights` and the optimizer file in `out` hold step `step` (call after saving both);
+    `legs` lists the commands that trained the run so far, the current one last (see `leg`)."""
+    state = {"format": FORMAT, "stage": stage, "step": step, "options": options, "legs": legs,
              "files": {name: sha256_file(out / name) for name in (weights, OPTIMIZER_FILE)}}
     atomic_write_bytes(out / STATE_FILE, json.dumps(state, indent=1).encode())
 
@@ -87,11 +96,18 @@ def trim_log(out: Path, step: int) -> None:
         atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
-def resume(optimizer: torch.optim.Optimizer, out: Path, state: dict[str, Any] | None) -> int:
-    """The step a run starts from: 0 when new; else the saved step, with the optimizer's
-    state loaded and the log trimmed to that step."""
+def resume(optimizer: torch.optim.Optimizer, out: Path,
+           state: dict[str, Any] | None) -> tuple[int, list[dict[str, Any]]]:
+    """The step a run starts from and the legs before it: (0, []) when new; else the saved
+    step, with the optimizer's state loaded and the log trimmed to that step. A state written
+    before legs were recorded counts as one leg, its wall time the last one its log gives."""
     if state is None:
-        return 0
+        return 0, []
     load_optimizer(optimizer, out / OPTIMIZER_FILE)
     trim_log(out, state["step"])
-    return state["step"]
+    if "legs" in state:
+        return state["step"], state["legs"]
+    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines() if line] \
+        if (out / LOG_FILE).is_file() else []
+    seconds = log[-1]["seconds"] if log else 0.0
+    return state["step"], [leg(0, state["step"], seconds, state["options"])]
