@@ -6,8 +6,9 @@
 
 reads the run folders of `rvos-edge train` (train_state.json, train_log.jsonl) and the
 JSON files of `rvos-edge eval --json`, and writes results/demo/training.{json,md} (the
-command, wall time and loss at the start and the end of each leg of each run (a resumed run
-has a leg per command), the CLIP's held-out image-to-caption accuracy) and results/demo/jf.md (J&F overall and per sample kind, one row per model).
+command, wall time and loss at the start and the end of each leg of each run: a resumed run
+has a leg per command; the CLIP's held-out image-to-caption accuracy) and results/demo/jf.md
+(J&F overall and per sample kind, one row per model).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from rvos_edge.bench import environment, machine_name
 from rvos_edge.fileio import atomic_write_bytes
+from rvos_edge.train.state import STATE_FILE, read_log, recorded_legs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "demo"
 KINDS = ("appearance", "position", "motion", "reappearance")
@@ -39,10 +41,8 @@ def _pairs(values: list[str], flag: str) -> dict[str, Path]:
 def run_summary(folder: Path) -> dict[str, Any]:
     """Options, steps done, wall seconds and the legs of a run (one per command that trained it, a
     resumed run has several), each with its mean loss over its first and last WINDOW log lines."""
-    state = json.loads((folder / "train_state.json").read_text())
-    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    legs = state.get("legs") or [{"from": 0, "to": state["step"], "options": state["options"],
-                                  "seconds": log[-1]["seconds"] if log else None}]
+    state = json.loads((folder / STATE_FILE).read_text())
+    log, legs = read_log(folder), recorded_legs(folder, state)
     for leg in legs:
         losses = [r["loss"] for r in log if leg["from"] < r["step"] <= leg["to"]]
         leg["loss_start"], leg["loss_end"] = float(np.mean(losses[:WINDOW])), float(np.mean(losses[-WINDOW:]))

@@ -88,26 +88,34 @@ def append_log(out: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def read_log(out: Path) -> list[dict[str, Any]]:
+    """The logged steps of a run folder, oldest first ([] when it has no log)."""
+    path = out / LOG_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def trim_log(out: Path, step: int) -> None:
     """Drop log lines of steps after `step` (written by a run that stopped before its next save)."""
-    path = out / LOG_FILE
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+    if (out / LOG_FILE).is_file():
+        kept = [entry for entry in read_log(out) if entry.get("step", 0) <= step]
+        atomic_write_bytes(out / LOG_FILE, "".join(json.dumps(entry) + "\n" for entry in kept).encode())
+
+
+def recorded_legs(out: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The legs of a saved run (see `leg`). A state written before legs were recorded counts as
+    one leg, its wall time the last one its log gives."""
+    if "legs" in state:
+        return state["legs"]
+    log = [entry for entry in read_log(out) if entry.get("step", 0) <= state["step"]]
+    return [leg(0, state["step"], log[-1]["seconds"] if log else 0.0, state["options"])]
 
 
 def resume(optimizer: torch.optim.Optimizer, out: Path,
            state: dict[str, Any] | None) -> tuple[int, list[dict[str, Any]]]:
     """The step a run starts from and the legs before it: (0, []) when new; else the saved
-    step, with the optimizer's state loaded and the log trimmed to that step. A state written
-    before legs were recorded counts as one leg, its wall time the last one its log gives."""
+    step and its `recorded_legs`, with the optimizer's state loaded and the log trimmed to that step."""
     if state is None:
         return 0, []
     load_optimizer(optimizer, out / OPTIMIZER_FILE)
     trim_log(out, state["step"])
-    if "legs" in state:
-        return state["step"], state["legs"]
-    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines() if line] \
-        if (out / LOG_FILE).is_file() else []
-    seconds = log[-1]["seconds"] if log else 0.0
-    return state["step"], [leg(0, state["step"], seconds, state["options"])]
+    return state["step"], recorded_legs(out, state)
