@@ -7,8 +7,8 @@
 reads the run folders of `rvos-edge train` (train_state.json, train_log.jsonl) and the
 JSON files of `rvos-edge eval --json`, and writes results/demo/training.{json,md} (the
 command, wall time and loss at the start and the end of each leg of each run: a resumed run
-has a leg per command; the CLIP's held-out image-to-caption accuracy) and results/demo/jf.md
-(J&F overall and per sample kind, one row per model).
+has a leg per command; the CLIP's held-out image-to-caption accuracy and zero-shot probes)
+and results/demo/jf.md (J&F overall and per sample kind, one row per model).
 """
 from __future__ import annotations
 
@@ -51,13 +51,15 @@ def run_summary(folder: Path) -> dict[str, Any]:
             "loss_curve": [{"step": r["step"], "loss": r["loss"]} for r in log[::10]]}
 
 
-def clip_accuracy(folder: Path) -> float:
+def clip_probes(folder: Path) -> dict[str, Any]:
+    """The CLIP's held-out image-to-caption accuracy and its zero-shot shape and colour accuracy."""
     from rvos_edge.config import get_config
     from rvos_edge.model.clip import load_openai_clip
-    from rvos_edge.train.clip_pretrain import CLIP_FILE, retrieval_accuracy
+    from rvos_edge.train.clip_pretrain import CLIP_FILE, attribute_accuracy, retrieval_accuracy
 
     preset = json.loads((folder / "train_state.json").read_text())["options"]["preset"]
-    return retrieval_accuracy(load_openai_clip(folder / CLIP_FILE), get_config(preset))
+    clip, cfg = load_openai_clip(folder / CLIP_FILE), get_config(preset)
+    return {"heldout_accuracy": retrieval_accuracy(clip, cfg), "zero_shot": attribute_accuracy(clip, cfg)}
 
 
 def _command(stage: str, leg: dict[str, Any]) -> str:
@@ -79,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     runs, evals = _pairs(args.run, "--run"), _pairs(args.eval, "--eval")
 
-    clip = {**run_summary(args.clip), "heldout_accuracy": clip_accuracy(args.clip)}
+    clip = {**run_summary(args.clip), **clip_probes(args.clip)}
     summaries = {name: run_summary(folder) for name, folder in runs.items()}
     scores = {name: json.loads(path.read_text()) for name, path in evals.items()}
     record = {"machine": machine_name(environment()), "clip": clip, "runs": summaries,
@@ -93,7 +95,10 @@ def main() -> None:
         for leg in s["legs"]:
             lines.append(f"| {name} | `{_command(s['stage'], leg)}` | {leg['from']}-{leg['to']} | "
                          f"{leg['seconds'] / 60:.0f} min | {leg['loss_start']:.3f} -> {leg['loss_end']:.3f} |")
-    lines += ["", f"CLIP held-out image-to-caption top-1 accuracy (256 pairs): {clip['heldout_accuracy']:.3f}", ""]
+    z = clip["zero_shot"]
+    lines += ["", f"CLIP held-out image-to-caption top-1 accuracy (256 pairs): {clip['heldout_accuracy']:.3f}. "
+              "Zero-shot, the true caption among captions that change only one word (`attribute_accuracy`): "
+              + ", ".join(f"{p} {z[p]:.3f} (chance {z[p + '_chance']:.3f})" for p in ("shape", "colour", "place")), ""]
     atomic_write_bytes(args.out / "training.md", "\n".join(lines).encode())
 
     rows = ["| model | J&F | J | F | " + " | ".join(KINDS) + " |", "|---|---:|---:|---:|" + "---:|" * len(KINDS)]

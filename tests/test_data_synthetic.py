@@ -156,3 +156,15 @@ def test_hard_cases():
         hidden = [k for k in range(6, s.num_frames - 5, 6) if not seen[k:k + 6].any()]
         assert hidden, s.name
         assert seen[:hidden[0]].sum() >= 3 and seen[hidden[0] + 6:].sum() >= 3
+
+
+def test_pretraining_frames_are_deterministic_and_wear_their_objects_colours():
+    from rvos_edge.data.synthetic import generate_frame
+
+    for index in range(12):
+        frame, objects, labels = generate_frame(4, index)
+        again = generate_frame(4, index)
+        assert frame.tobytes() == again[0].tobytes() and labels.tobytes() == again[2].tobytes()
+        assert set(np.unique(labels).tolist()) <= {0, *(o.id for o in objects)}
+        for o in objects:
+            assert (frame[labels == o.id] == COLOURS[o.colour]).all()

@@ -98,3 +98,29 @@ def test_eval_command(tmp_path, capsys):
     assert main(["eval", str(ckpt), "--data", "synthetic:5"]) == 2
     assert main(["eval", str(ckpt), "--data", str(tmp_path)]) == 2
     assert "neither meta_expressions" in capsys.readouterr().err
+
+
+def test_pixel_places_sort_predicted_pixels_by_what_they_cover():
+    from rvos_edge.data import generate
+    from rvos_edge.data.synthetic import shape_mask
+    from rvos_edge.eval.errors import pixel_places
+
+    sample = generate(3, 1)                          # position: the target has 1-2 identical twins
+    target = sample.meta["target"]
+    twin = next(o for o in sample.meta["objects"] if o.id != target.id
+                and (o.colour, o.shape) == (target.colour, target.shape))
+    counts = pixel_places(sample, sample.masks.copy())
+    assert counts["target"] == counts["area"] == int(sample.masks.sum())
+    assert counts["look-alike"] == counts["same colour"] == counts["elsewhere"] == 0
+    assert counts["hidden_predicted"] == 0
+
+    twin_only = np.stack([shape_mask(twin.shape, tuple(c), twin.radius) for c in twin.centres]) & ~sample.masks
+    counts = pixel_places(sample, twin_only)
+    assert counts["target"] == 0 and counts["look-alike"] == int(twin_only.sum()) > 0
+
+    corner = np.zeros_like(sample.masks)
+    corner[:, 0, 0] = True                           # one background pixel per frame
+    corner &= ~sample.masks
+    counts = pixel_places(sample, corner)
+    assert counts["elsewhere"] + counts["look-alike"] + counts["same colour"] == int(corner.sum())
+    assert counts["hidden_predicted"] == int((~sample.masks.any(axis=(1, 2)) & corner.any(axis=(1, 2))).sum())

@@ -135,12 +135,28 @@ def test_caption_names_the_visible_objects():
         assert "left" in text or text.endswith("red circle")
 
 
+def test_text_encoder_ignores_what_follows_eos():
+    from rvos_edge.model.clip import trim_padding
+    from rvos_edge.model.tokenizer import tokenize
+
+    torch.manual_seed(0)
+    clip = build_model("tiny").clip
+    tokens = torch.from_numpy(tokenize(["a red circle", "a picture of a big blue square on the left"]))
+    trimmed = trim_padding(tokens)
+    assert trimmed.shape[1] == int((tokens[1] > 0).sum()) < 77
+    torch.testing.assert_close(clip.encode_text(trimmed), clip.encode_text(tokens), rtol=1e-5, atol=1e-5)
+
+
 def test_synthetic_clip_round_trip_and_training(tmp_path):
     summary = train_clip(CLIPTrainOptions(out=str(tmp_path), preset="tiny", steps=2, batch_size=4, warmup=1),
                          progress=False)
     clip = load_openai_clip(tmp_path / "clip.safetensors")
     assert (clip.arch.vision_heads, clip.arch.text_heads, clip.arch.vision_width) == (2, 2, 64)
     assert 0.0 <= summary["heldout_accuracy"] <= 1.0
+    probes = summary["attribute_accuracy"]
+    assert set(probes) == {"shape", "colour", "place", "shape_chance", "colour_chance", "place_chance"}
+    assert 1 / 5 <= probes["shape_chance"] <= 1 / 2 and 1 / 6 <= probes["colour_chance"] <= 1 / 2
+    assert probes["place_chance"] == pytest.approx(1 / 5)
     # the file feeds VLP-RVOS like OpenAI's weights would
     model = build_model("tiny", tmp_path / "clip.safetensors")
     assert torch.equal(model.clip.visual.proj, clip.visual.proj)

@@ -157,11 +157,19 @@ class CLIP(nn.Module):
         return self.visual(x)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
-        """CLIP BPE ids int64 [B, 77] -> [B, Ce] (features at the EOS token, the largest id)."""
-        x = self.token_embedding(tokens) + self.positional_embedding
+        """CLIP BPE ids int64 [B, L] -> [B, Ce] (features at the EOS token, the largest id).
+
+        L is 77, or less: under the causal mask nothing after EOS changes the result, so a
+        caller may cut the padding (trim_padding) to save the work on it."""
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
         x = self.transformer(x, causal_mask(x.shape[1], x.device))
         x = self.ln_final(x)
         return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
+
+
+def trim_padding(tokens: Tensor) -> Tensor:
+    """tokens int64 [B, 77] -> [B, L]: cut after the last EOS (the largest id) of the batch."""
+    return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
 
 
 # --- loading -----------------------------------------------------------------------

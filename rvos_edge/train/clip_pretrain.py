@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.data import HELDOUT_SEED
-from rvos_edge.data.synthetic import SIZE, SceneObject, expression_words, generate_frame
+from rvos_edge.data.synthetic import COLOURS, SHAPES, SIZE, SceneObject, expression_words, generate_frame
 from rvos_edge.errors import UserError
-from rvos_edge.model.clip import CLIP, CLIP_MEAN, CLIP_STD, load_openai_clip
+from rvos_edge.model.clip import CLIP, CLIP_MEAN, CLIP_STD, load_openai_clip, trim_padding
 from rvos_edge.model.tokenizer import tokenize
 from rvos_edge.model.vlprvos import clip_arch
 from rvos_edge.runtime.pipeline import prepare_frame
@@ -128,7 +128,7 @@ def normalise(images: Tensor) -> Tensor:
 def contrastive_loss(clip: CLIP, images: Tensor, tokens: Tensor) -> tuple[Tensor, float]:
     """CLIP's symmetric cross-entropy over the batch; also the image-to-text top-1 accuracy."""
     img = F.normalize(clip.encode_image(normalise(images)), dim=-1)
-    txt = F.normalize(clip.encode_text(tokens), dim=-1)
+    txt = F.normalize(clip.encode_text(trim_padding(tokens)), dim=-1)
     logits = clip.logit_scale.exp().clamp(max=100) * img @ txt.T
     target = torch.arange(len(img), device=img.device)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -150,6 +150,37 @@ def retrieval_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 256, device: s
         _, acc = contrastive_loss(clip, torch.from_numpy(images).to(device),
                                   torch.from_numpy(tokenize(captions)).to(device))
     return acc
+
+
+def attribute_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 200, device: str = "cpu") -> dict[str, float]:
+    """Zero-shot probes on `count` held-out frames (seed HELDOUT_SEED). For the first object with
+    at least 150 visible pixels, how often the true caption scores above every caption that
+    changes only one word: "shape" ("a red circle" against "a red square", ...), "colour" ("a
+    red circle" against "a blue circle", ...), each into a (colour, shape) that no visible object
+    has, and "place" ("a red circle on the left" against the other PLACES). "<probe>_chance" is
+    the accuracy of a random pick among the same captions."""
+    hits: dict[str, list[bool]] = {"shape": [], "colour": [], "place": []}
+    chance: dict[str, list[float]] = {probe: [] for probe in hits}
+    clip.eval()
+    for i in range(count):
+        frame, objects, labels = generate_frame(HELDOUT_SEED, i)
+        seen = [o for o in objects if np.count_nonzero(labels == o.id) >= 150]
+        if not seen:
+            continue
+        o, present = seen[0], {(x.colour, x.shape) for x in seen}
+        captions = {"shape": [f"a {o.colour} {s}" for s in SHAPES if s == o.shape or (o.colour, s) not in present],
+                    "colour": [f"a {c} {o.shape}" for c in COLOURS if c == o.colour or (c, o.shape) not in present],
+                    "place": [f"a {o.colour} {o.shape} {p}" for p in PLACES]}
+        truth = {"shape": f"a {o.colour} {o.shape}", "colour": f"a {o.colour} {o.shape}",
+                 "place": f"a {o.colour} {o.shape} {_place(*o.centres[0])}"}
+        image = torch.from_numpy(prepare_frame(np.ascontiguousarray(frame[..., ::-1]), cfg.image_size)[None])
+        with torch.no_grad():
+            img = F.normalize(clip.encode_image(normalise(image.to(device))), dim=-1)
+            for probe, texts in captions.items():
+                txt = F.normalize(clip.encode_text(torch.from_numpy(tokenize(texts)).to(device)), dim=-1)
+                hits[probe].append(texts[int((img @ txt.T).argmax())] == truth[probe])
+                chance[probe].append(1 / len(texts))
+    return {**{p: float(np.mean(h)) for p, h in hits.items()}, **{f"{p}_chance": float(np.mean(c)) for p, c in chance.items()}}
 
 
 def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
@@ -207,4 +238,5 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
             save(step + 1)
     return {"steps": opts.steps, "resumed_from": start, "seconds": time.perf_counter() - t0,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "heldout_accuracy": retrieval_accuracy(clip, cfg, device=opts.device), "weights": str(out / CLIP_FILE)}
+            "heldout_accuracy": retrieval_accuracy(clip, cfg, device=opts.device),
+            "attribute_accuracy": attribute_accuracy(clip, cfg, device=opts.device), "weights": str(out / CLIP_FILE)}
