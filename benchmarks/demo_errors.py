@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from rvos_edge.bench import environment, machine_name
 from rvos_edge.data import HELDOUT_SEED, SyntheticDataset
-from rvos_edge.data.sample import KINDS
 from rvos_edge.eval.errors import PLACES, pixel_places
 from rvos_edge.eval.evaluate import segment
 from rvos_edge.fileio import atomic_write_bytes
@@ -38,10 +37,11 @@ def main() -> None:
     args = ap.parse_args()
 
     segmenter = Segmenter.open(args.artifacts, backend=args.backend)
-    totals = {k: {} for k in KINDS}
+    totals: dict[str, dict[str, int]] = {}
     for sample in tqdm(SyntheticDataset(HELDOUT_SEED, args.count), desc="errors", unit="video"):
+        kind = totals.setdefault(sample.kind, {})
         for key, value in pixel_places(sample, segment(segmenter, sample)).items():
-            totals[sample.kind][key] = totals[sample.kind].get(key, 0) + value
+            kind[key] = kind.get(key, 0) + value
     report = {}
     for kind, t in totals.items():
         predicted = sum(t[p] for p in PLACES)
