@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from rvos_edge.bench import environment, machine_name
 from rvos_edge.data import HELDOUT_SEED, SyntheticDataset
+from rvos_edge.errors import UserError
 from rvos_edge.eval.errors import PLACES, pixel_places
 from rvos_edge.eval.evaluate import segment
 from rvos_edge.fileio import atomic_write_bytes
@@ -36,9 +37,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
-    segmenter = Segmenter.open(args.artifacts, backend=args.backend)
+    try:
+        segmenter = Segmenter.open(args.artifacts, backend=args.backend)
+        data = SyntheticDataset(HELDOUT_SEED, args.count)
+    except UserError as e:
+        ap.error(str(e))        # one line, exit 2
     totals: dict[str, dict[str, int]] = {}
-    for sample in tqdm(SyntheticDataset(HELDOUT_SEED, args.count), desc="errors", unit="video"):
+    for sample in tqdm(data, desc="errors", unit="video"):
         kind = totals.setdefault(sample.kind, {})
         for key, value in pixel_places(sample, segment(segmenter, sample)).items():
             kind[key] = kind.get(key, 0) + value

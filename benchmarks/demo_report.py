@@ -21,6 +21,7 @@ import numpy as np
 
 from rvos_edge.bench import environment, machine_name
 from rvos_edge.fileio import atomic_write_bytes
+from rvos_edge.train.clip_pretrain import PROBES
 from rvos_edge.train.state import STATE_FILE, read_log, recorded_legs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "demo"
@@ -52,7 +53,7 @@ def run_summary(folder: Path) -> dict[str, Any]:
 
 
 def clip_probes(folder: Path) -> dict[str, Any]:
-    """The CLIP's held-out image-to-caption accuracy and its zero-shot shape and colour accuracy."""
+    """The CLIP's held-out image-to-caption accuracy and its zero-shot probes (attribute_accuracy)."""
     from rvos_edge.config import get_config
     from rvos_edge.model.clip import load_openai_clip
     from rvos_edge.train.clip_pretrain import CLIP_FILE, attribute_accuracy, retrieval_accuracy
@@ -98,7 +99,7 @@ def main() -> None:
     z = clip["zero_shot"]
     lines += ["", f"CLIP held-out image-to-caption top-1 accuracy (256 pairs): {clip['heldout_accuracy']:.3f}. "
               "Zero-shot, the true caption among captions that change only one word (`attribute_accuracy`): "
-              + ", ".join(f"{p} {z[p]:.3f} (chance {z[p + '_chance']:.3f})" for p in ("shape", "colour", "place")), ""]
+              + ", ".join(f"{p} {z[p]:.3f} (chance {z[p + '_chance']:.3f})" for p in PROBES), ""]
     atomic_write_bytes(args.out / "training.md", "\n".join(lines).encode())
 
     rows = ["| model | J&F | J | F | " + " | ".join(KINDS) + " |", "|---|---:|---:|---:|" + "---:|" * len(KINDS)]

@@ -279,14 +279,14 @@ def _run_train(args: argparse.Namespace) -> int:
                                "save_every": args.save_every}.items() if v is not None}
     common = dict(out=args.out, preset=args.preset, seed=args.seed, device=args.device, resume=args.resume, **given)
     if args.stage == "clip":
-        from rvos_edge.train.clip_pretrain import CLIPTrainOptions, train_clip
+        from rvos_edge.train.clip_pretrain import PROBES, CLIPTrainOptions, train_clip
         s = train_clip(CLIPTrainOptions(**common))
         probes = s["attribute_accuracy"]
         print(f"trained CLIP ({args.preset}) to {s['weights']}: steps {s['resumed_from']}..{s['steps']} in "
               f"{s['seconds']:.0f} s, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}, "
               f"held-out image-to-caption accuracy {s['heldout_accuracy']:.3f}, "
               "zero-shot " + ", ".join(f"{p} {probes[p]:.3f} (chance {probes[p + '_chance']:.3f})"
-                                       for p in ("shape", "colour", "place")))
+                                       for p in PROBES))
         return 0
     from rvos_edge.train.rvos import RVOSTrainOptions, train_rvos
     s = train_rvos(RVOSTrainOptions(data=args.data, split=args.split, clip_weights=args.clip_weights,

@@ -152,6 +152,10 @@ def retrieval_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 256, device: s
     return acc
 
 
+PROBES = ("shape", "colour", "place")
+"""The zero-shot probes of attribute_accuracy."""
+
+
 def attribute_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 200, device: str = "cpu") -> dict[str, float]:
     """Zero-shot probes on `count` held-out frames (seed HELDOUT_SEED). For the first object with
     at least 150 visible pixels, how often the true caption scores above every caption that
@@ -159,7 +163,7 @@ def attribute_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 200, device: s
     red circle" against "a blue circle", ...), each into a (colour, shape) that no visible object
     has, and "place" ("a red circle on the left" against the other PLACES). "<probe>_chance" is
     the accuracy of a random pick among the same captions."""
-    hits: dict[str, list[bool]] = {"shape": [], "colour": [], "place": []}
+    hits: dict[str, list[bool]] = {probe: [] for probe in PROBES}
     chance: dict[str, list[float]] = {probe: [] for probe in hits}
     clip.eval()
     for i in range(count):
