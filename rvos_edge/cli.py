@@ -264,6 +264,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="peak AdamW learning rate (default: clip 5e-4, rvos 5e-5)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: clip 0.1, rvos 5e-4)")
     p.add_argument("--warmup", type=int, help="linear warm-up steps (default 100)")
+    p.add_argument("--hard-negatives", type=int, metavar="K",
+                   help="clip: wrong captions per image that change one attribute of one object (default 2)")
+    p.add_argument("--positions", choices=("sincos", "openai"),
+                   help="clip: start of the image tower's positional embedding (default sincos: 2D sine-cosine "
+                        "at the patch embeddings' scale; openai: OpenAI's small random one)")
     p.add_argument("--save-every", type=int, help="steps between saves of the resumable state (default 250)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
@@ -280,7 +285,9 @@ def _run_train(args: argparse.Namespace) -> int:
     common = dict(out=args.out, preset=args.preset, seed=args.seed, device=args.device, resume=args.resume, **given)
     if args.stage == "clip":
         from rvos_edge.train.clip_pretrain import PROBES, CLIPTrainOptions, train_clip
-        s = train_clip(CLIPTrainOptions(**common))
+        clip_only = {k: v for k, v in {"hard_negatives": args.hard_negatives, "positions": args.positions}.items()
+                     if v is not None}
+        s = train_clip(CLIPTrainOptions(**common, **clip_only))
         probes = s["attribute_accuracy"]
         print(f"trained CLIP ({args.preset}) to {s['weights']}: steps {s['resumed_from']}..{s['steps']} in "
               f"{s['seconds']:.0f} s, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}, "
@@ -288,6 +295,8 @@ def _run_train(args: argparse.Namespace) -> int:
               "zero-shot " + ", ".join(f"{p} {probes[p]:.3f} (chance {probes[p + '_chance']:.3f})"
                                        for p in PROBES))
         return 0
+    if args.hard_negatives is not None or args.positions is not None:
+        raise UserError("--hard-negatives and --positions belong to --stage clip")
     from rvos_edge.train.rvos import RVOSTrainOptions, train_rvos
     s = train_rvos(RVOSTrainOptions(data=args.data, split=args.split, clip_weights=args.clip_weights,
                                     ablate=tuple(args.ablate), **common))

@@ -124,3 +124,20 @@ def test_pixel_places_sort_predicted_pixels_by_what_they_cover():
     counts = pixel_places(sample, corner)
     assert counts["elsewhere"] + counts["look-alike"] + counts["same colour"] == int(corner.sum())
     assert counts["hidden_predicted"] == int((~sample.masks.any(axis=(1, 2)) & corner.any(axis=(1, 2))).sum())
+
+
+def test_best_masks_at_grid_keeps_what_the_grid_can_hold_and_loses_what_it_cannot():
+    from rvos_edge.eval.errors import best_masks_at_grid
+
+    masks = np.zeros((3, 128, 128), bool)
+    masks[0, 16:40, 8:28] = True            # edges on the 4-pixel cells of a 32 x 32 grid
+    masks[1, 70, 70] = True                 # one pixel: 1/16 of a cell, below half, so lost
+    masks[2, 60:62, 60:70] = True           # 2 pixels high: half of a cell row at most, lost
+    best = best_masks_at_grid(masks, 32)
+    # bilinear with half-pixel centres: an edge pixel sits 0.625 of the way to its own cell, so
+    # edges stay (0.625 * 0.5 - 0.375 * 0.5 > 0) and corners go (0.625^2 * 0.5 - (1 - 0.625^2) * 0.5 < 0)
+    expected = masks[0].copy()
+    expected[[16, 16, 39, 39], [8, 27, 8, 27]] = False
+    assert np.array_equal(best[0], expected)
+    assert not best[1].any() and not best[2].any()
+    assert np.array_equal(best_masks_at_grid(masks, 128), masks)     # the frame's own grid loses nothing

@@ -135,6 +135,90 @@ def test_caption_names_the_visible_objects():
         assert "left" in text or text.endswith("red circle")
 
 
+def _mentions(text: str) -> list[dict[str, str | None]]:
+    """"a picture of a red circle on the left and a big blue square" -> each mention's attributes."""
+    from rvos_edge.data.synthetic import SHAPES
+
+    for prefix in ("a picture of ", "a scene with "):
+        text = text.removeprefix(prefix)
+    out = []
+    for part in text.replace(" and ", ", ").split(", "):
+        words = part.split()[1:]                                   # drop the article
+        k = next(i for i, w in enumerate(words) if w in SHAPES)
+        out.append({"size": words[0] if k == 2 else None, "colour": words[k - 1], "shape": words[k],
+                    "place": " ".join(words[k + 1:]) or None})
+    return out
+
+
+def test_hard_negatives_change_one_attribute_of_one_object_into_a_false_caption():
+    from rvos_edge.train.clip_pretrain import pairs
+
+    _, captions, negatives = pairs(5, 0, 40, 64, hard_negatives=3)
+    assert len(negatives) == 3 * len(captions)
+    changed = set()
+    for i, true in enumerate(captions):
+        for negative in negatives[3 * i: 3 * i + 3]:
+            assert negative != true
+            if true == "an empty background":
+                continue
+            truth, wrong = _mentions(true), _mentions(negative)
+            diffs = [(a, b) for a, b in zip(truth, wrong) if a != b]
+            assert len(wrong) == len(truth) and len(diffs) == 1      # one object
+            a, b = diffs[0]
+            keys = [k for k in a if a[k] != b[k]]
+            assert len(keys) == 1 and a[keys[0]] is not None         # one attribute it named
+            if keys[0] in ("shape", "colour"):                       # into what no visible object is
+                assert (b["colour"], b["shape"]) not in {(m["colour"], m["shape"]) for m in truth}
+            if keys[0] == "size":                                    # no twin that could be of that size
+                assert sum((m["colour"], m["shape"]) == (a["colour"], a["shape"]) for m in truth) == 1
+            changed.add(keys[0])
+    assert changed == {"shape", "colour", "size", "place"}
+
+
+def test_hard_negatives_join_only_the_image_to_text_side_of_the_loss():
+    from rvos_edge.model.tokenizer import tokenize
+    from rvos_edge.train.clip_pretrain import contrastive_loss, normalise
+
+    torch.manual_seed(0)
+    clip = build_model("tiny").clip.eval()
+    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    tokens = torch.from_numpy(tokenize(["a red circle", "a blue square", "a green cross"]))
+    negatives = torch.from_numpy(tokenize(["a red square", "a blue circle"]))
+    with torch.no_grad():
+        plain, _ = contrastive_loss(clip, images, tokens)
+        hard, _ = contrastive_loss(clip, images, tokens, negatives)
+        img = torch.nn.functional.normalize(clip.encode_image(normalise(images)), dim=-1)
+        txt = torch.nn.functional.normalize(clip.encode_text(torch.cat([tokens, negatives])), dim=-1)
+    logits = (clip.logit_scale.exp().clamp(max=100) * img @ txt.T).double()
+    # by hand: image i's caption among all 5 texts; text j's image among the 3 images
+    image_side = -(logits.diagonal() - logits.logsumexp(1)).mean()
+    text_side = -(logits[:, :3].diagonal() - logits[:, :3].logsumexp(0)).mean()
+    assert hard.item() == pytest.approx(((image_side + text_side) / 2).item(), rel=1e-4)
+    assert hard.item() > plain.item()
+
+
+def test_sincos_positions_by_hand_and_from_scratch_pretraining_starts_from_them(tmp_path):
+    import math
+
+    from rvos_edge.train.clip_pretrain import sincos_positions
+
+    pos = sincos_positions(4, 16)                      # half 8: frequencies 1, 0.1, 0.01, 0.001
+    assert pos.shape == (17, 16) and torch.count_nonzero(pos[0]) == 0
+    y, x = 2, 3
+    row = pos[1 + y * 4 + x]                           # patches row-major, after the class token
+    assert row[0].item() == pytest.approx(math.sin(y)) and row[1].item() == pytest.approx(math.sin(y * 0.1))
+    assert row[4].item() == pytest.approx(math.cos(y)) and row[8].item() == pytest.approx(math.sin(x))
+    assert row[12].item() == pytest.approx(math.cos(x)) and row[13].item() == pytest.approx(math.cos(x * 0.1))
+    train_clip(CLIPTrainOptions(out=str(tmp_path), preset="tiny", steps=1, batch_size=2, warmup=1, lr=1e-9),
+               progress=False)
+    clip = load_openai_clip(tmp_path / "clip.safetensors")
+    torch.testing.assert_close(clip.visual.positional_embedding, sincos_positions(clip.arch.grid, 64), atol=1e-5, rtol=0)
+    train_clip(CLIPTrainOptions(out=str(tmp_path / "openai"), preset="tiny", steps=1, batch_size=2, warmup=1,
+                                lr=1e-9, positions="openai"), progress=False)
+    pos = load_openai_clip(tmp_path / "openai" / "clip.safetensors").visual.positional_embedding
+    assert pos.std().item() == pytest.approx(64 ** -0.5, rel=0.2)   # OpenAI's start: randn / sqrt(width)
+
+
 def test_text_encoder_ignores_what_follows_eos():
     from rvos_edge.model.clip import trim_padding
     from rvos_edge.model.tokenizer import tokenize
@@ -175,6 +259,8 @@ def test_train_command(tmp_path, capsys):
     assert load_checkpoint(out / "model.safetensors").config.name == "tiny"
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--hard-negatives", "2"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_world_token_ids_cover_every_expression_and_caption():
@@ -184,8 +270,8 @@ def test_world_token_ids_cover_every_expression_and_caption():
 
     kept = set(world_token_ids().tolist())
     expressions = [generate(3, i).expression for i in range(120)]
-    _, captions = pairs(3, 0, 120, 64)
-    used = set(np.unique(tokenize(expressions + captions)).tolist())
+    _, captions, negatives = pairs(3, 0, 120, 64, hard_negatives=2)
+    used = set(np.unique(tokenize(expressions + captions + negatives)).tolist())
     assert used <= kept and {0, 49406, 49407} <= kept
     assert len(kept) < 200          # a small lexicon, not the whole BPE vocabulary
 

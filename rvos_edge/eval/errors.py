@@ -7,13 +7,20 @@ of the target's colour and shape: its twin in position, motion and some reappear
 samples); another object of the target's colour; or elsewhere. A pixel counts in the
 first place that holds it. Look-alikes are drawn whole (shape_mask at their centre),
 so a look-alike pixel hidden behind a third object still counts as the look-alike's.
+
+    best = best_masks_at_grid(sample.masks, 32)     # what a perfect model with 32 x 32 logits predicts
+
+J&F of `best_masks_at_grid` against the ground truth is the ceiling the mask head's
+resolution alone puts on a model (benchmarks/demo_ceiling.py).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from rvos_edge.data.sample import Sample
 from rvos_edge.data.synthetic import COLOURS, shape_mask
+from rvos_edge.runtime.pipeline import upsample_logits
 
 PLACES = ("target", "look-alike", "same colour", "elsewhere")
 
@@ -38,3 +45,14 @@ def pixel_places(sample: Sample, pred: np.ndarray) -> dict[str, int]:
     counts["elsewhere"] = pred.sum() - sum(counts.values())
     counts.update(area=sample.masks.sum(), hidden=hidden.sum(), hidden_predicted=(pred.any(axis=(1, 2)) & hidden).sum())
     return {k: int(v) for k, v in counts.items()}
+
+
+def best_masks_at_grid(masks: np.ndarray, grid: int) -> np.ndarray:
+    """bool [T, H, W] -> bool [T, H, W]: the masks of a perfect model whose logits live on a
+    grid x grid map. Its logits are each mask area-averaged down to the grid minus 0.5;
+    the runtime's own path (upsample_logits, bilinear; logit > 0) brings them back."""
+    out = np.empty_like(masks)
+    for i, m in enumerate(masks):
+        logits = cv2.resize(m.astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA) - 0.5
+        out[i] = upsample_logits(logits, *m.shape) > 0
+    return out

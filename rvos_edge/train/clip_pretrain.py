@@ -8,6 +8,21 @@ world with a caption naming the objects visible in it, in random order, each as
 "[size] colour shape [place]" ("a big red circle on the left, a blue square and a
 small green cross"). The CLIP architecture is the preset's; the loss is CLIP's
 symmetric cross-entropy over the batch with a learnt temperature (clamped at 100).
+
+Two departures from OpenAI's recipe, both because colour alone tells almost every
+caption of a batch from the others, so a CLIP trained on in-batch negatives only
+ends a bag of patches (an image and its patch-shuffled copy embed alike) that
+knows colour and neither shape nor place:
+- Hard negatives (NegCLIP): each image also gets `hard_negatives` captions equal to
+  its own but for one attribute (shape, colour, size or place) of one object,
+  changed to one that no visible object of that description has; they join the
+  image-to-text side of the loss as extra wrong captions.
+- A 2D sine-cosine start for the image tower's positional embedding, at the scale
+  of the patch embeddings (`sincos_positions`). From OpenAI's small random start
+  the positional embedding hardly moves in a CPU budget and the tower never learns
+  where anything is (`positions="openai"` keeps OpenAI's start: the shipped demo
+  CLIP was trained so). Only a CLIP trained from scratch gets it; a resumed run
+  continues from its saved weights.
 AdamW with warm-up and cosine decay. The run folder holds clip.safetensors (OpenAI
 key names; metadata vision_heads / text_heads, read by `load_openai_clip`) and the
 resumable state of rvos_edge.train.state.
@@ -29,7 +44,7 @@ from tqdm import tqdm
 
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.data import HELDOUT_SEED
-from rvos_edge.data.synthetic import COLOURS, SHAPES, SIZE, SceneObject, expression_words, generate_frame
+from rvos_edge.data.synthetic import COLOURS, RADIUS, SHAPES, SIZE, SceneObject, expression_words, generate_frame
 from rvos_edge.errors import UserError
 from rvos_edge.model.clip import CLIP, CLIP_MEAN, CLIP_STD, load_openai_clip, trim_padding
 from rvos_edge.model.tokenizer import tokenize
@@ -40,6 +55,8 @@ from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, leg, read_state, 
                                    save_tensors_atomic, write_state)
 
 CLIP_FILE = "clip.safetensors"
+POSITIONS = ("sincos", "openai")
+"""Starts of the image tower's positional embedding: sincos_positions, or OpenAI's random one."""
 MIN_PIXELS = 30
 
 
@@ -53,6 +70,8 @@ class CLIPTrainOptions:
     lr: float = 5e-4
     weight_decay: float = 0.1
     warmup: int = 100
+    hard_negatives: int = 2
+    positions: str = "sincos"
     save_every: int = 250
     log_every: int = 10
     device: str = "cpu"
@@ -75,20 +94,70 @@ def _place(x: float, y: float) -> str:
     return PLACES[3] if y > 2 * third else PLACES[4]
 
 
-def caption(objects: list[SceneObject], labels: np.ndarray, rng: np.random.Generator) -> str:
-    """A caption naming the objects with at least MIN_PIXELS visible pixels in `labels`, in random order."""
+@dataclass(frozen=True)
+class Mention:
+    """One object as a caption names it: "a [size] colour shape [place]"."""
+
+    size: str | None
+    colour: str
+    shape: str
+    place: str | None
+
+    def text(self) -> str:
+        return "a " + " ".join(w for w in (self.size, self.colour, self.shape, self.place) if w)
+
+
+def describe(objects: list[SceneObject], labels: np.ndarray, rng: np.random.Generator) -> tuple[str, list[Mention]]:
+    """A caption's prefix and its mentions of the objects with at least MIN_PIXELS visible pixels
+    in `labels`, in random order; each names its size half the time and its place 40% of the time."""
     seen = [o for o in objects if np.count_nonzero(labels == o.id) >= MIN_PIXELS]
-    if not seen:
-        return EMPTY
-    parts = []
+    mentions = []
     for i in rng.permutation(len(seen)):
         o = seen[int(i)]
-        words = ([o.size] if rng.random() < 0.5 else []) + [o.colour, o.shape]
-        if rng.random() < 0.4:
-            words.append(_place(*o.centres[0]))
-        parts.append("a " + " ".join(words))
-    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return str(rng.choice(PREFIXES)) + text
+        size = o.size if rng.random() < 0.5 else None
+        place = _place(*o.centres[0]) if rng.random() < 0.4 else None
+        mentions.append(Mention(size, o.colour, o.shape, place))
+    return str(rng.choice(PREFIXES)), mentions
+
+
+def caption_text(prefix: str, mentions: list[Mention]) -> str:
+    """"<prefix>a red circle, a blue square and a big green cross"; EMPTY when nothing is mentioned."""
+    if not mentions:
+        return EMPTY
+    parts = [m.text() for m in mentions]
+    return prefix + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+
+
+def caption(objects: list[SceneObject], labels: np.ndarray, rng: np.random.Generator) -> str:
+    """A caption naming the objects with at least MIN_PIXELS visible pixels in `labels`, in random order."""
+    return caption_text(*describe(objects, labels, rng))
+
+
+def hard_negative(prefix: str, mentions: list[Mention], rng: np.random.Generator) -> str:
+    """The caption of `mentions` with one attribute of one mention changed so that the caption is
+    false of the image: a shape or colour into a (colour, shape) no mention has, a size when no
+    other mention shares the (colour, shape), a place into another. An empty image's negative
+    names one random object."""
+    if not mentions:
+        return caption_text(prefix, [Mention(None, str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), None)])
+    present = {(m.colour, m.shape) for m in mentions}
+    while True:
+        k = int(rng.integers(len(mentions)))
+        m = mentions[k]
+        attribute = str(rng.choice(["shape", "colour", "size", "place"]))
+        options: list[Mention] = []
+        if attribute == "shape":
+            options = [dataclasses.replace(m, shape=s) for s in SHAPES if (m.colour, s) not in present]
+        elif attribute == "colour":
+            options = [dataclasses.replace(m, colour=c) for c in COLOURS if (c, m.shape) not in present]
+        elif attribute == "size" and m.size is not None:
+            if sum((x.colour, x.shape) == (m.colour, m.shape) for x in mentions) == 1:
+                options = [dataclasses.replace(m, size=next(s for s in RADIUS if s != m.size))]
+        elif attribute == "place" and m.place is not None:
+            options = [dataclasses.replace(m, place=p) for p in PLACES if p != m.place]
+        if options:
+            changed = options[int(rng.integers(len(options)))]
+            return caption_text(prefix, mentions[:k] + [changed] + mentions[k + 1:])
 
 
 def world_token_ids() -> np.ndarray:
@@ -108,14 +177,19 @@ def zero_unused_tokens(clip: CLIP) -> None:
         clip.token_embedding.weight[unused.to(clip.token_embedding.weight.device)] = 0
 
 
-def pairs(seed: int, step: int, batch_size: int, image_size: int) -> tuple[np.ndarray, list[str]]:
-    """Images uint8 [B, S, S, 3] RGB (resized as the runtime resizes) and their captions."""
-    images, captions = [], []
+def pairs(seed: int, step: int, batch_size: int, image_size: int,
+          hard_negatives: int = 0) -> tuple[np.ndarray, list[str], list[str]]:
+    """Images uint8 [B, S, S, 3] RGB (resized as the runtime resizes), their captions, and
+    `hard_negatives` wrong captions per image (image i's are entries i*K .. i*K+K-1)."""
+    images, captions, negatives = [], [], []
     for i in range(step * batch_size, (step + 1) * batch_size):
         frame, objects, labels = generate_frame(seed, i)
         images.append(prepare_frame(np.ascontiguousarray(frame[..., ::-1]), image_size))
-        captions.append(caption(objects, labels, np.random.default_rng([seed, i, 3])))
-    return np.stack(images), captions
+        prefix, mentions = describe(objects, labels, np.random.default_rng([seed, i, 3]))
+        captions.append(caption_text(prefix, mentions))
+        rng = np.random.default_rng([seed, i, 4])
+        negatives += [hard_negative(prefix, mentions, rng) for _ in range(hard_negatives)]
+    return np.stack(images), captions, negatives
 
 
 def normalise(images: Tensor) -> Tensor:
@@ -125,14 +199,33 @@ def normalise(images: Tensor) -> Tensor:
     return ((images.float() - mean) / std).permute(0, 3, 1, 2)
 
 
-def contrastive_loss(clip: CLIP, images: Tensor, tokens: Tensor) -> tuple[Tensor, float]:
-    """CLIP's symmetric cross-entropy over the batch; also the image-to-text top-1 accuracy."""
+def contrastive_loss(clip: CLIP, images: Tensor, tokens: Tensor, negatives: Tensor | None = None) -> tuple[Tensor, float]:
+    """CLIP's symmetric cross-entropy over the batch, images [B, S, S, 3] uint8 against caption
+    tokens [B, 77]; hard negative tokens [N, 77] add N wrong captions to every image's choice
+    (the text-to-image side is unchanged). Also the image-to-caption top-1 accuracy."""
+    b = len(images)
     img = F.normalize(clip.encode_image(normalise(images)), dim=-1)
-    txt = F.normalize(clip.encode_text(trim_padding(tokens)), dim=-1)
+    texts = tokens if negatives is None else torch.cat([tokens, negatives])
+    txt = F.normalize(clip.encode_text(trim_padding(texts)), dim=-1)
     logits = clip.logit_scale.exp().clamp(max=100) * img @ txt.T
-    target = torch.arange(len(img), device=img.device)
-    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    target = torch.arange(b, device=img.device)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
     return loss, (logits.argmax(1) == target).float().mean().item()
+
+
+def sincos_positions(grid: int, width: int) -> Tensor:
+    """[grid * grid + 1, width]: the image tower's positional start. Patch (y, x) gets
+    [sin(y w_k), cos(y w_k) | sin(x w_k), cos(x w_k)] with w_k = 10000^(-2k / (width / 2)),
+    k < width / 4 (row-major patches as the tower flattens them); the class token gets zeros.
+    Entries are in [-1, 1], the scale of the patch embeddings, so position is not drowned."""
+    half = width // 2
+    freq = 10000.0 ** (-torch.arange(0, half, 2, dtype=torch.float32) / half)
+    angle = torch.arange(grid, dtype=torch.float32)[:, None] * freq
+    axis = torch.cat([angle.sin(), angle.cos()], dim=1)                  # [grid, half]
+    rows = axis[:, None, :].expand(grid, grid, half)
+    cols = axis[None, :, :].expand(grid, grid, half)
+    patches = torch.cat([rows, cols], dim=-1).reshape(grid * grid, width)
+    return torch.cat([torch.zeros(1, width), patches])
 
 
 def save_clip(clip: CLIP, path: Path, extra: dict[str, str] | None = None) -> None:
@@ -144,7 +237,7 @@ def save_clip(clip: CLIP, path: Path, extra: dict[str, str] | None = None) -> No
 
 def retrieval_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 256, device: str = "cpu") -> float:
     """Image-to-caption top-1 accuracy among `count` held-out pairs (seed HELDOUT_SEED)."""
-    images, captions = pairs(HELDOUT_SEED, 0, count, cfg.image_size)
+    images, captions, _ = pairs(HELDOUT_SEED, 0, count, cfg.image_size)
     clip.eval()
     with torch.no_grad():
         _, acc = contrastive_loss(clip, torch.from_numpy(images).to(device),
@@ -192,8 +285,11 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
     out = Path(opts.out)
     if opts.seed == HELDOUT_SEED:
         raise UserError(f"seed {HELDOUT_SEED} is the held-out evaluation world; train with another --seed")
-    if opts.steps < 1 or opts.batch_size < 2:
-        raise UserError(f"--steps must be >= 1 and --batch-size >= 2, got {opts.steps} and {opts.batch_size}")
+    if opts.positions not in POSITIONS:
+        raise UserError(f"positions must be one of {', '.join(POSITIONS)}, got {opts.positions!r}")
+    if opts.steps < 1 or opts.batch_size < 2 or opts.hard_negatives < 0:
+        raise UserError(f"--steps must be >= 1, --batch-size >= 2 and --hard-negatives >= 0, "
+                        f"got {opts.steps}, {opts.batch_size} and {opts.hard_negatives}")
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available to torch")
     cfg = get_config(opts.preset)
@@ -208,6 +304,9 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
             clip = CLIP(clip_arch(cfg))
+        if opts.positions == "sincos":
+            with torch.no_grad():
+                clip.visual.positional_embedding.copy_(sincos_positions(clip.arch.grid, clip.arch.vision_width))
         zero_unused_tokens(clip)
     clip.to(opts.device)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -227,9 +326,10 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
         clip.train()
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, opts.steps, opts.warmup, opts.lr, floor=0.05)
-        images, captions = pairs(opts.seed, step, opts.batch_size, cfg.image_size)
+        images, captions, negatives = pairs(opts.seed, step, opts.batch_size, cfg.image_size, opts.hard_negatives)
         loss, acc = contrastive_loss(clip, torch.from_numpy(images).to(opts.device),
-                                     torch.from_numpy(tokenize(captions)).to(opts.device))
+                                     torch.from_numpy(tokenize(captions)).to(opts.device),
+                                     torch.from_numpy(tokenize(negatives)).to(opts.device) if negatives else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
