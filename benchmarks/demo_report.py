@@ -56,17 +56,20 @@ def clip_probes(folder: Path) -> dict[str, Any]:
     """The CLIP's held-out image-to-caption accuracy and its zero-shot probes (attribute_accuracy)."""
     from rvos_edge.config import get_config
     from rvos_edge.model.clip import load_openai_clip
-    from rvos_edge.train.clip_pretrain import CLIP_FILE, attribute_accuracy, retrieval_accuracy
+    from rvos_edge.train.clip_pretrain import CLIP_FILE, attribute_accuracy, patch_shuffle_cosine, retrieval_accuracy
 
     preset = json.loads((folder / "train_state.json").read_text())["options"]["preset"]
     clip, cfg = load_openai_clip(folder / CLIP_FILE), get_config(preset)
-    return {"heldout_accuracy": retrieval_accuracy(clip, cfg), "zero_shot": attribute_accuracy(clip, cfg)}
+    return {"heldout_accuracy": retrieval_accuracy(clip, cfg), "zero_shot": attribute_accuracy(clip, cfg),
+            "patch_shuffle_cosine": patch_shuffle_cosine(clip, cfg)}
 
 
 def _command(stage: str, leg: dict[str, Any]) -> str:
     o = leg["options"]
     words = ["rvos-edge train", f"--stage {stage}", f"--out {o['out']}", f"--preset {o['preset']}",
              f"--steps {o['steps']}", f"--batch-size {o['batch_size']}", f"--lr {o['lr']:g}", f"--warmup {o['warmup']}"]
+    if stage == "clip":     # runs from before these options had neither: no hard negatives, OpenAI's start
+        words += [f"--hard-negatives {o.get('hard_negatives', 0)}", f"--positions {o.get('positions', 'openai')}"]
     if o.get("clip_weights"):
         words.append(f"--clip-weights {o['clip_weights']}")
     words += [f"--ablate {a}" for a in o.get("ablate") or ()]
@@ -99,7 +102,9 @@ def main() -> None:
     z = clip["zero_shot"]
     lines += ["", f"CLIP held-out image-to-caption top-1 accuracy (256 pairs): {clip['heldout_accuracy']:.3f}. "
               "Zero-shot, the true caption among captions that change only one word (`attribute_accuracy`): "
-              + ", ".join(f"{p} {z[p]:.3f} (chance {z[p + '_chance']:.3f})" for p in PROBES), ""]
+              + ", ".join(f"{p} {z[p]:.3f} (chance {z[p + '_chance']:.3f})" for p in PROBES)
+              + f". Cosine between an image's embedding and its patch-shuffled copy's (`patch_shuffle_cosine`, "
+              f"1.0 for a bag of patches): {clip['patch_shuffle_cosine']:.4f}.", ""]
     atomic_write_bytes(args.out / "training.md", "\n".join(lines).encode())
 
     rows = ["| model | J&F | J | F | " + " | ".join(KINDS) + " |", "|---|---:|---:|---:|" + "---:|" * len(KINDS)]

@@ -293,7 +293,8 @@ def _run_train(args: argparse.Namespace) -> int:
               f"{s['seconds']:.0f} s, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}, "
               f"held-out image-to-caption accuracy {s['heldout_accuracy']:.3f}, "
               "zero-shot " + ", ".join(f"{p} {probes[p]:.3f} (chance {probes[p + '_chance']:.3f})"
-                                       for p in PROBES))
+                                       for p in PROBES)
+              + f", cosine to patch-shuffled images {s['patch_shuffle_cosine']:.4f}")
         return 0
     if args.hard_negatives is not None or args.positions is not None:
         raise UserError("--hard-negatives and --positions belong to --stage clip")

@@ -219,6 +219,22 @@ def test_sincos_positions_by_hand_and_from_scratch_pretraining_starts_from_them(
     assert pos.std().item() == pytest.approx(64 ** -0.5, rel=0.2)   # OpenAI's start: randn / sqrt(width)
 
 
+def test_patch_shuffle_cosine_is_one_only_for_a_tower_blind_to_position():
+    from rvos_edge.config import get_config
+    from rvos_edge.train.clip_pretrain import patch_shuffle_cosine, sincos_positions
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    clip = build_model("tiny").clip
+    with torch.no_grad():
+        clip.visual.positional_embedding.copy_(sincos_positions(clip.arch.grid, clip.arch.vision_width))
+        where = patch_shuffle_cosine(clip, cfg, count=8)
+        clip.visual.positional_embedding[1:] = clip.visual.positional_embedding[1]   # every patch alike
+        blind = patch_shuffle_cosine(clip, cfg, count=8)
+    assert blind == pytest.approx(1.0, abs=1e-5)      # attention and the class token's pooling ignore order
+    assert where < 1 - 1e-4                         # an untrained tower: mostly its class token, but not blind
+
+
 def test_text_encoder_ignores_what_follows_eos():
     from rvos_edge.model.clip import trim_padding
     from rvos_edge.model.tokenizer import tokenize
@@ -236,7 +252,7 @@ def test_synthetic_clip_round_trip_and_training(tmp_path):
                          progress=False)
     clip = load_openai_clip(tmp_path / "clip.safetensors")
     assert (clip.arch.vision_heads, clip.arch.text_heads, clip.arch.vision_width) == (2, 2, 64)
-    assert 0.0 <= summary["heldout_accuracy"] <= 1.0
+    assert 0.0 <= summary["heldout_accuracy"] <= 1.0 and -1.0 <= summary["patch_shuffle_cosine"] <= 1.0 + 1e-6
     probes = summary["attribute_accuracy"]
     assert set(probes) == {"shape", "colour", "place", "shape_chance", "colour_chance", "place_chance"}
     assert 1 / 5 <= probes["shape_chance"] <= 1 / 2 and 1 / 6 <= probes["colour_chance"] <= 1 / 2

@@ -245,6 +245,22 @@ def retrieval_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 256, device: s
     return acc
 
 
+def patch_shuffle_cosine(clip: CLIP, cfg: ModelConfig, count: int = 64, device: str = "cpu") -> float:
+    """Mean cosine between the image embeddings of `count` held-out frames (seed HELDOUT_SEED)
+    and of the same frames with their patches in a fixed random order. 1.0: the tower is a bag
+    of patches, blind to where anything is; the lower, the more the layout counts."""
+    images, _, _ = pairs(HELDOUT_SEED, 0, count, cfg.image_size)
+    x = normalise(torch.from_numpy(images).to(device))                    # [B, 3, S, S]
+    b, p, g = len(x), cfg.patch_size, cfg.image_size // cfg.patch_size
+    patches = x.reshape(b, 3, g, p, g, p).permute(0, 1, 2, 4, 3, 5).reshape(b, 3, g * g, p, p)
+    order = torch.randperm(g * g, generator=torch.Generator().manual_seed(0)).to(device)
+    shuffled = patches[:, :, order].reshape(b, 3, g, g, p, p).permute(0, 1, 2, 4, 3, 5).reshape(x.shape)
+    clip.eval()
+    with torch.no_grad():
+        a, s = (F.normalize(clip.encode_image(t), dim=-1) for t in (x, shuffled))
+    return float((a * s).sum(-1).mean())
+
+
 PROBES = ("shape", "colour", "place")
 """The zero-shot probes of attribute_accuracy."""
 
@@ -343,4 +359,5 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
     return {"steps": opts.steps, "resumed_from": start, "seconds": time.perf_counter() - t0,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "heldout_accuracy": retrieval_accuracy(clip, cfg, device=opts.device),
-            "attribute_accuracy": attribute_accuracy(clip, cfg, device=opts.device), "weights": str(out / CLIP_FILE)}
+            "attribute_accuracy": attribute_accuracy(clip, cfg, device=opts.device),
+            "patch_shuffle_cosine": patch_shuffle_cosine(clip, cfg, device=opts.device), "weights": str(out / CLIP_FILE)}
