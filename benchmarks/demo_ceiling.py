@@ -6,9 +6,9 @@ The model predicts mask logits on a grid of 4 x (image size / patch) per side (3
 for the demo preset) and the runtime upsamples them bilinearly (`upsample_logits`),
 mask = logit > 0. This feeds that path the best logits the grid can hold: each ground
 truth mask area-averaged down to the grid, minus 0.5, so a perfect model at that
-resolution (`best_masks_at_grid` in rvos_edge/eval/errors.py). Its J&F is the ceiling that resolution alone puts on the model; the gap
-between it and the model's own J&F is what the model does not know. Writes
-results/demo/ceiling.{json,md}.
+resolution (`best_masks_at_grid` in rvos_edge/eval/errors.py). Its J&F is the ceiling
+that resolution alone puts on the model; the gap between it and the model's own J&F is
+what the model does not know. Writes results/demo/ceiling.{json,md}.
 """
 from __future__ import annotations
 

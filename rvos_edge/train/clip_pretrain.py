@@ -137,7 +137,8 @@ def hard_negative(prefix: str, mentions: list[Mention], rng: np.random.Generator
     """The caption of `mentions` with one attribute of one mention changed so that the caption is
     false of the image: a shape or colour into a (colour, shape) no mention has, a size when no
     other mention shares the (colour, shape), a place into another. An empty image's negative
-    names one random object."""
+    names one random object. The draw always ends: a scene has at most 5 objects and there are
+    6 colours, so some colour change is always possible."""
     if not mentions:
         return caption_text(prefix, [Mention(None, str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), None)])
     present = {(m.colour, m.shape) for m in mentions}
