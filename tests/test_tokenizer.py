@@ -7,14 +7,18 @@ are hard-coded values produced by OpenAI's reference `clip.tokenize`.
 """
 import gzip
 import hashlib
+import html
 import subprocess
 import sys
 from importlib import resources
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rvos_edge.errors import UserError
+from rvos_edge.model import tokenizer
 from rvos_edge.model.tokenizer import (
     EOT_TOKEN,
     SOT_TOKEN,
@@ -175,3 +179,28 @@ def test_no_room_is_a_user_error(num_prompts, context_length):
 def test_import_does_not_load_torch():
     code = "import sys, rvos_edge.model.tokenizer as t; t.tokenize('a dog'); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+PLAIN = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters="&"),
+                max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=PLAIN, entity=st.sampled_from(["", "&amp;", "&lt;b&gt;", "&amp;amp;", "&#39;"]))
+def test_plain_ascii_skips_ftfy_with_the_same_ids(text, entity):
+    """The fast path (no ftfy for printable ASCII without '&') against ftfy itself."""
+    import ftfy
+    assert ftfy.fix_text(text) == text
+    spelled = text + entity              # with '&' the text takes ftfy's path, as before
+    expected = html.unescape(html.unescape(ftfy.fix_text(spelled))).lower()
+    assert tokenizer._clean(spelled) == expected
+
+
+def test_without_ftfy_plain_text_tokenizes_and_other_text_is_one_clear_error():
+    code = ("import sys; sys.modules['ftfy'] = None\n"
+            "import rvos_edge.model.tokenizer as t\n"
+            "print(t.tokenize('the red circle on the left')[0, :8].tolist())\n"
+            "try:\n    t.tokenize('caf\\u00e9')\nexcept t.UserError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert out[0] == str(tokenize("the red circle on the left")[0, :8].tolist())
+    assert out[1] == "tokenizing text that is not plain ASCII needs the ftfy package (pip install ftfy)"

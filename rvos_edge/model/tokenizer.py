@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-import ftfy
 import numpy as np
 import regex
 
@@ -145,7 +144,21 @@ def _encoder() -> _BytePairEncoder:
     return _BytePairEncoder(gzip.decompress(_vocab_bytes()).decode("utf-8"))
 
 
+def _needs_repair(text: str) -> bool:
+    """False for printable ASCII without '&': every step of ``ftfy.fix_text`` (mojibake, HTML
+    entities, control characters, quotes, ligatures, widths, NFC) leaves such text as it is."""
+    return not (text.isascii() and text.isprintable()) or "&" in text
+
+
 def _clean(text: str) -> str:
+    """Step 1 of the module docstring. ftfy is imported only for text it could change, so
+    plain captions tokenize where ftfy is not installed (the GPU check machine)."""
+    if not _needs_repair(text):
+        return text.lower()
+    try:
+        import ftfy
+    except ImportError:
+        raise UserError("tokenizing text that is not plain ASCII needs the ftfy package (pip install ftfy)") from None
     return html.unescape(html.unescape(ftfy.fix_text(text))).lower()
 
 
