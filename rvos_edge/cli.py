@@ -3,16 +3,23 @@
 Each subcommand is two small functions here, `_add_<name>(parser)` and
 `_run_<name>(args) -> int`, listed in COMMANDS at the bottom. Handlers import
 their modules lazily, so commands that only need the runtime (`run` on ONNX
-Runtime) never import torch. A `UserError` becomes one line on stderr and exit 2.
+Runtime) never import torch. A `UserError` becomes one line on stderr and exit 2
+(output paths that cannot be written are UserErrors of `rvos_edge.fileio`, the
+one place outputs are created); Ctrl-C and SIGTERM exit 130. Progress bars still
+open are closed first, so the error line is a line of its own.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from types import FrameType
+from typing import Callable, Iterator, Sequence
 
 from rvos_edge.errors import UserError
 
@@ -25,14 +32,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_arguments(sp)
         sp.set_defaults(handler=handler)
     args = parser.parse_args(argv)
+    with _sigterm_interrupts():
+        try:
+            return int(args.handler(args) or 0)
+        except UserError as e:
+            _close_progress_bars()
+            print(f"rvos-edge {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            _close_progress_bars()
+            print(f"rvos-edge {args.command}: interrupted", file=sys.stderr)
+            return 130
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Meanwhile SIGTERM (systemd, `docker stop`) raises KeyboardInterrupt, as Ctrl-C does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return int(args.handler(args) or 0)
-    except UserError as e:
-        print(f"rvos-edge {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"rvos-edge {args.command}: interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an error left open, so that what is printed next starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(tqdm.tqdm._instances):
+            bar.close()
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -66,8 +101,6 @@ def _run_init(args: argparse.Namespace) -> int:
     from rvos_edge.model import build_model, save_checkpoint
     cfg = get_config(args.preset)
     out = Path(args.out)
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise UserError(f"cannot write to folder {out.parent}")
     if args.clip_weights and not os.path.isfile(args.clip_weights):
         raise UserError(f"CLIP weights {args.clip_weights} do not exist")
     model = build_model(cfg, args.clip_weights, seed=args.seed)

@@ -7,16 +7,20 @@ Output layout (OUT defaults to ``runs/<source name>``; files of the same name ar
     OUT/masks/<k>_<slug>/<frame>.png     several --expr: one folder per expression, k = 0, 1, ...
                                          in command-line order, slug = the text in lower case,
                                          runs of other characters as "-", at most 40 characters
-    OUT/overlay.mp4                      the frames with each expression's mask blended in
-                                         (green, red, blue, yellow, magenta, cyan, ...), mp4v,
-                                         at the first frame's size and the source's frame rate
-                                         (10 fps when unknown)
+    OUT/overlay.mp4                      the frames with each expression's mask outlined in its
+                                         colour (green, red, blue, yellow, magenta, cyan, ...) and
+                                         tinted in the colour that contrasts most with the pixels
+                                         under it, mp4v, at the first frame's size and the
+                                         source's frame rate (10 fps when unknown)
     OUT/summary.json                     frames, fps, per-stage milliseconds, backend, ...
 
 <frame> is the zero-padded frame number (00000, ...) for --video and --camera and
-the image's stem for --frames. Every file is written to a temporary name in OUT
-and renamed when complete. All expressions share one decode of the source; each
-has its own Segmenter (history, text features) over the same loaded engines.
+the image's stem for --frames. A run's outputs are one unit (`fileio.output_folder`):
+they are written to a staging folder beside OUT, which replaces OUT, previous results
+and all, when the run ends; a second process asking for the same OUT meanwhile is
+refused, and after a crash OUT holds the previous complete result (or nothing). All
+expressions share one decode of the source; each has its own Segmenter (history,
+text features) over the same loaded engines.
 
 summary.json: "frames" processed; "fps": {"end_to_end": frames / wall seconds of
 the frame loop (decode, pipeline, writing), "engine": frames / seconds in the
@@ -24,36 +28,42 @@ clip model summed over expressions}; "ms_total" and "ms_per_frame" for decode,
 resize, text, engine, upsample and write; "backend", "precision", "clip_len",
 "source", "artifacts", "expressions" (text, masks folder, truncated, frames
 with a non-empty mask). If the source stopped early: "stopped_at" (the first
-frame not decoded) and "error"; after Ctrl-C: "stopped_at" and "interrupted".
-A source that stops early still gets its masks, overlay and summary, then the
-command exits 2 with one line on stderr; Ctrl-C exits 130.
+frame not decoded) and "error"; after Ctrl-C or SIGTERM: "stopped_at" and
+"interrupted". A source that stops early still gets its masks, overlay and summary,
+then the command exits 2 with one line on stderr. Ctrl-C and SIGTERM stop the loop
+between two frames: the frames read so far are finished (their masks, overlay frames
+and summary agree), then the command exits 130; a second signal abandons the run and
+leaves OUT as it was.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
+import signal
 import sys
-import tempfile
+import threading
 import time
 import warnings
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from rvos_edge.errors import UserError
-from rvos_edge.fileio import atomic_write_bytes
+from rvos_edge.fileio import atomic_write_bytes, make_folder, output_folder
 from rvos_edge.runtime.backends import Engines, default_backend, open_engines
 from rvos_edge.runtime.pipeline import StageTimes
-from rvos_edge.runtime.segmenter import Segmenter, SegmentResult
+from rvos_edge.runtime.segmenter import ExpressionTruncatedWarning, Segmenter, SegmentResult
 from rvos_edge.runtime.video import DecodeError, FrameSource, open_source, prefetch
 
 COLOURS_BGR = ((0, 255, 0), (0, 0, 255), (255, 0, 0), (0, 255, 255), (255, 0, 255), (255, 255, 0))
 DEFAULT_FPS = 10.0
 OVERLAY_NAME = "overlay.mp4"
+SUMMARY_NAME = "summary.json"
 
 
 def _slug(text: str) -> str:
@@ -67,34 +77,45 @@ def mask_folders(expressions: list[str]) -> list[str]:
     return [f"masks/{k}_{_slug(text)}" for k, text in enumerate(expressions)]
 
 
+def contrasting_colour(pixels: np.ndarray) -> np.ndarray:
+    """The colour of COLOURS_BGR farthest from the mean of `pixels` (BGR [N, 3]), float32 [3]."""
+    palette = np.array(COLOURS_BGR, np.float32)
+    return palette[np.argmax(np.linalg.norm(palette - pixels.mean(0), axis=1))]
+
+
 def overlay(frame: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
-    """BGR frame with mask k blended half-and-half with COLOURS_BGR[k]."""
+    """BGR frame with mask k tinted half-and-half in the colour contrasting with the pixels under it
+    and outlined in COLOURS_BGR[k] (lines about 1/160 of the frame's smaller side)."""
     out = frame.copy()
+    thickness = max(1, round(min(frame.shape[:2]) / 160))
+    for mask in masks:
+        if mask.any():
+            out[mask] = (0.5 * out[mask] + 0.5 * contrasting_colour(frame[mask])).astype(np.uint8)
     for k, mask in enumerate(masks):
-        colour = np.array(COLOURS_BGR[k % len(COLOURS_BGR)], np.float32)
-        out[mask] = (0.5 * out[mask] + 0.5 * colour).astype(np.uint8)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, COLOURS_BGR[k % len(COLOURS_BGR)], thickness)
     return out
 
 
 class _Outputs:
-    """Writes masks as results arrive and overlay frames in order once every expression has its mask."""
+    """Writes masks as results arrive and overlay frames in order once every expression has its mask,
+    into folder `out` (the run's staging folder)."""
 
     def __init__(self, out: Path, folders: list[str], fps: float) -> None:
         self.out, self.fps = out, fps
-        self.dirs = [out / f for f in folders]
-        for d in self.dirs:
-            d.mkdir(parents=True, exist_ok=True)
-        self.write_s = 0.0
+        self.dirs = [make_folder(out / f) for f in folders]
+        self.frames, self.decode_s, self.write_s = 0, 0.0, 0.0
         self.nonempty = [0] * len(folders)
         self._frames: dict[int, tuple[str, np.ndarray]] = {}
         self._masks: list[dict[int, np.ndarray]] = [{} for _ in folders]
         self._next = 0
-        self._tmp = out / f".{Path(OVERLAY_NAME).stem}.partial.mp4"
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] = (0, 0)
 
-    def add_frame(self, index: int, name: str, frame: np.ndarray) -> None:
-        self._frames[index] = (name, frame)
+    def add_frame(self, name: str, frame: np.ndarray) -> None:
+        """Register the next frame of the source (its mask file's stem and the frame)."""
+        self._frames[self.frames] = (name, frame)
+        self.frames += 1
 
     def add_results(self, k: int, results: list[SegmentResult]) -> None:
         t0 = time.perf_counter()
@@ -115,39 +136,46 @@ class _Outputs:
             image = overlay(frame, [m.pop(self._next) for m in self._masks])
             if self._writer is None:
                 self._size = (image.shape[1], image.shape[0])
-                self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
+                self._writer = cv2.VideoWriter(str(self.out / OVERLAY_NAME), cv2.VideoWriter_fourcc(*"mp4v"),
+                                               self.fps, self._size)
                 if not self._writer.isOpened():
-                    raise UserError(f"cannot write {self.out / OVERLAY_NAME}: OpenCV has no mp4v encoder here")
+                    raise UserError(f"cannot write {OVERLAY_NAME}: OpenCV has no mp4v encoder here")
             if (image.shape[1], image.shape[0]) != self._size:
                 image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
             self._writer.write(image)
             self._next += 1
         self.write_s += time.perf_counter() - t0
 
-    def finish(self) -> None:
-        """Close the overlay and move it to its final name."""
-        if self._writer is not None:
-            self._writer.release()
-            os.replace(self._tmp, self.out / OVERLAY_NAME)
-            self._writer = None
-
-    def abort(self) -> None:
-        """Drop the partial overlay (after an unexpected error)."""
+    def close(self) -> None:
+        """Close the overlay file (complete for the frames written)."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        self._tmp.unlink(missing_ok=True)
 
 
-def _prepare_out(out: Path) -> None:
-    """Create OUT and prove a file can be written in it; a UserError otherwise."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+class _StopRequest:
+    """While entered (on the main thread), SIGINT and SIGTERM set `requested` instead of raising,
+    so the frame loop can stop between two frames; a second signal raises KeyboardInterrupt."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _default_out(video: str | None, frames: str | None, camera: int | None) -> Path:
@@ -159,7 +187,7 @@ def _default_out(video: str | None, frames: str | None, camera: int | None) -> P
 
 
 def _open_segmenters(engines: Engines, expressions: list[str], clip_len: int | None) -> tuple[list[Segmenter], list[bool]]:
-    """One Segmenter per expression; a truncation warning becomes one stderr line."""
+    """One Segmenter per expression; each warning (truncated, unknown words) becomes one stderr line."""
     segmenters, truncated = [], []
     for text in expressions:
         seg = Segmenter(engines, clip_len)
@@ -169,7 +197,7 @@ def _open_segmenters(engines: Engines, expressions: list[str], clip_len: int | N
         for w in caught:
             print(f"rvos-edge run: warning: {w.message}", file=sys.stderr)
         segmenters.append(seg)
-        truncated.append(bool(caught))
+        truncated.append(any(issubclass(w.category, ExpressionTruncatedWarning) for w in caught))
     return segmenters, truncated
 
 
@@ -177,8 +205,9 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
                 camera: int | None = None, out: str | None = None, backend: str | None = None,
                 precision: str = "fp32", clip_len: int | None = None, max_frames: int | None = None,
                 device: str = "cpu", threads: int | None = None) -> int:
-    """The `run` command; returns the exit code (0, or 130 after Ctrl-C). Bad input raises UserError
-    before anything is written; a source that stops early raises DecodeError after the outputs are complete.
+    """The `run` command; returns the exit code (0, or 130 after Ctrl-C or SIGTERM). Bad input raises
+    UserError before anything is written; a source that stops early raises DecodeError once OUT holds
+    the outputs of the frames before it.
 
     device: "cpu" or "cuda" (ort: the CUDA execution provider; torch: the GPU).
     """
@@ -198,58 +227,73 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
             opts["device"] = device
         engines = open_engines(path, backend, precision, **opts)
         segmenters, truncated = _open_segmenters(engines, expressions, clip_len)
-        _prepare_out(out_dir)
-        return _loop(source, engines, segmenters, expressions, truncated, out_dir, max_frames)
+        with output_folder(out_dir, SUMMARY_NAME) as staging:
+            summary = _loop(source, engines, segmenters, expressions, truncated, staging, max_frames)
     finally:
         source.close()
+    n = summary["frames"]
+    print(f"rvos-edge run: {n} frames x {len(expressions)} expression(s), "
+          f"{summary['fps']['end_to_end']:.1f} fps end-to-end ({summary['fps']['engine']:.1f} fps engine), "
+          f"{engines.backend} {engines.precision} -> {out_dir}")
+    if "error" in summary:
+        raise DecodeError(f"{summary['error']}; the {n} frames before it are kept, see {out_dir / SUMMARY_NAME}")
+    if "interrupted" in summary:
+        print(f"rvos-edge run: interrupted after {n} frames (outputs complete for those)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop: _StopRequest,
+            ended: dict[str, Any]) -> Iterator[np.ndarray]:
+    """The source's frames in order, prefetched, each registered with `outputs`, until the source
+    ends, `max_frames`, a stop request or a decode failure (then `ended` says where and why)."""
+    frames_iter = prefetch(source)                     # decoding overlaps inference
+    try:
+        while (max_frames is None or outputs.frames < max_frames) and not stop.requested:
+            t0 = time.perf_counter()
+            try:
+                name, frame = next(frames_iter)
+            except StopIteration:
+                return
+            except (DecodeError, OSError, cv2.error) as e:
+                ended.update(stopped_at=outputs.frames, error=str(e))
+                return
+            finally:
+                outputs.decode_s += time.perf_counter() - t0
+            outputs.add_frame(name, frame)
+            yield frame
+        if stop.requested:
+            ended.update(stopped_at=outputs.frames, interrupted=True)
+    finally:
+        frames_iter.close()
 
 
 def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], expressions: list[str],
-          truncated: list[bool], out: Path, max_frames: int | None) -> int:
+          truncated: list[bool], out: Path, max_frames: int | None) -> dict[str, Any]:
+    """Segment the source into folder `out`; returns the summary written there."""
     folders = mask_folders(expressions)
     outputs = _Outputs(out, folders, source.fps or DEFAULT_FPS)
     known = [x for x in (source.length, max_frames) if x is not None]
     total = min(known) if known else None
-    stop: dict[str, Any] = {}
-    decode_s, n = 0.0, 0
+    ended: dict[str, Any] = {}
     t_start = time.perf_counter()
-    frames_iter = prefetch(source)                     # decoding overlaps inference
-    bar = tqdm(total=total, unit="frame", desc="run", disable=None, file=sys.stderr)
-    try:
+    with (_StopRequest() as stop, tqdm(total=total, unit="frame", desc="run", disable=None, file=sys.stderr) as bar,
+          closing(_frames(source, outputs, max_frames, stop, ended)) as frames):
         try:
-            while max_frames is None or n < max_frames:
-                t0 = time.perf_counter()
-                try:
-                    name, frame = next(frames_iter)
-                except StopIteration:
-                    break
-                except (DecodeError, OSError, cv2.error) as e:
-                    stop = {"stopped_at": n, "error": str(e)}
-                    break
-                finally:
-                    decode_s += time.perf_counter() - t0
-                outputs.add_frame(n, name, frame)
+            for frame in frames:
                 for k, seg in enumerate(segmenters):
                     outputs.add_results(k, seg.push(frame))
                 outputs.write_overlays()
-                n += 1
                 bar.update()
-        except KeyboardInterrupt:
-            stop = {"stopped_at": n, "interrupted": True}
-        for k, seg in enumerate(segmenters):
-            outputs.add_results(k, seg.flush())
-        outputs.write_overlays()
-        outputs.finish()
-    except BaseException:
-        outputs.abort()
-        raise
-    finally:
-        frames_iter.close()
-        bar.close()
+            for k, seg in enumerate(segmenters):
+                outputs.add_results(k, seg.flush())
+            outputs.write_overlays()
+        finally:
+            outputs.close()
     wall = time.perf_counter() - t_start
-
+    n = outputs.frames
     times = sum((s.timings for s in segmenters), StageTimes())
-    ms = {"decode": 1000.0 * decode_s, **times.ms(), "write": 1000.0 * outputs.write_s}
+    ms = {"decode": 1000.0 * outputs.decode_s, **times.ms(), "write": 1000.0 * outputs.write_s}
     summary: dict[str, Any] = {
         "source": source.description, "artifacts": engines.source, "backend": engines.backend,
         "precision": engines.precision, "clip_len": segmenters[0].clip_len, "frames": n,
@@ -259,15 +303,7 @@ def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], ex
         "fps": {"end_to_end": n / wall if wall > 0 else 0.0,
                 "engine": n / times.engine_s if times.engine_s > 0 else 0.0},
         "ms_total": ms, "ms_per_frame": {k: v / n if n else 0.0 for k, v in ms.items()},
-        "wall_s": wall, **stop,
+        "wall_s": wall, **ended,
     }
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    print(f"rvos-edge run: {n} frames x {len(expressions)} expression(s), "
-          f"{summary['fps']['end_to_end']:.1f} fps end-to-end ({summary['fps']['engine']:.1f} fps engine), "
-          f"{engines.backend} {engines.precision} -> {out}")
-    if "error" in stop:
-        raise DecodeError(f"{stop['error']}; the {n} frames before it are kept, see {out / 'summary.json'}")
-    if "interrupted" in stop:
-        print(f"rvos-edge run: interrupted after {n} frames (outputs complete for those)", file=sys.stderr)
-        return 130
-    return 0
+    atomic_write_bytes(out / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())
+    return summary

@@ -46,6 +46,7 @@ from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.data import HELDOUT_SEED
 from rvos_edge.data.synthetic import COLOURS, RADIUS, SHAPES, SIZE, SceneObject, expression_words, generate_frame
 from rvos_edge.errors import UserError
+from rvos_edge.fileio import make_folder
 from rvos_edge.model.clip import CLIP, CLIP_MEAN, CLIP_STD, load_openai_clip, trim_padding
 from rvos_edge.model.tokenizer import tokenize
 from rvos_edge.model.vlprvos import clip_arch
@@ -317,7 +318,7 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
         state = read_state(out, "clip")
         clip = load_openai_clip(out / CLIP_FILE)
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
             clip = CLIP(clip_arch(cfg))

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.data import HELDOUT_SEED, Sample, generate, open_dataset
 from rvos_edge.errors import UserError
+from rvos_edge.fileio import make_folder
 from rvos_edge.model import VLPRVOS, build_model, load_checkpoint, save_checkpoint
 from rvos_edge.model.tokenizer import tokenize_for_prompts
 from rvos_edge.runtime.pipeline import prepare_frame
@@ -191,7 +192,7 @@ def train_rvos(opts: RVOSTrainOptions, progress: bool = True) -> dict[str, Any]:
         model = load_checkpoint(out / MODEL_FILE, opts.clip_weights)
     else:
         model = build_model(ablated_config(get_config(opts.preset), opts.ablate), opts.clip_weights, seed=opts.seed)
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
     model.to(opts.device)
     optimizer = make_optimizer(model, opts.lr, opts.weight_decay)
     start, legs = resume(optimizer, out, state)
