@@ -10,6 +10,8 @@ A path ending in .safetensors.gz is the same file gzip-compressed (level 9, no
 timestamp). Weights with many zeros shrink a lot: the shipped demo checkpoint,
 whose CLIP token rows outside the synthetic vocabulary are zero, goes from 43 MB
 to 16 MB. Nothing is unpickled: safetensors holds only tensors and string metadata.
+`load_checkpoint` checks the tensors the file declares against those of its config
+before it reads any data (so a compressed file is never inflated past that size).
 """
 from __future__ import annotations
 
@@ -90,12 +92,23 @@ def _metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
+def _expected_tensors(cfg: ModelConfig, trainable_only: bool) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of what save_checkpoint writes for `cfg` (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        state = VLPRVOS(cfg).state_dict()
+    return {k: (v.dtype, tuple(v.shape)) for k, v in state.items() if not (trainable_only and k.startswith("clip."))}
+
+
 def load_checkpoint(path: str | os.PathLike, clip_weights: str | os.PathLike | None = None) -> VLPRVOS:
-    """Read a checkpoint written by save_checkpoint; a trainable-only one needs `clip_weights`."""
+    """Read a checkpoint written by save_checkpoint; a trainable-only one needs `clip_weights`,
+    a full one refuses them (it holds its CLIP already)."""
     meta = _metadata(path)
     cfg = ModelConfig.from_json(meta["config"])
-    state = read_state_dict(path)
-    if meta.get("contents") == "trainable":
+    trainable_only = meta.get("contents") == "trainable"
+    if not trainable_only and clip_weights is not None:
+        raise UserError(f"{path} is a full checkpoint, its CLIP weights are in it: drop --clip-weights {clip_weights}")
+    state = read_state_dict(path, expected=_expected_tensors(cfg, trainable_only))
+    if trainable_only:
         if clip_weights is None:
             raise UserError(f"{path} holds only the trainable weights; pass the CLIP weights file "
                             f"(sha256 {meta.get('clip_sha256')}) with clip_weights= / --clip-weights")

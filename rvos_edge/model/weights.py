@@ -3,7 +3,13 @@
 `read_state_dict` accepts three kinds of file:
 
 * ``*.safetensors``: read with safetensors; ``*.safetensors.gz``, the same gzip-compressed
-  (decompressed in memory; the shipped demo checkpoint is one).
+  (the shipped demo checkpoint is one), inflated as a stream: the header is read and
+  checked first (every tensor's dtype, shape and byte range, which must tile the data
+  exactly, and, when the caller says what it expects, names, dtypes and shapes against
+  that), then the data goes straight into one buffer of the declared size, read 1 MiB at a
+  time, and a stream that inflates past the declared size is rejected at that point (a
+  gzip bomb costs at most the declared size). The tensors are views of that buffer, so
+  reading peaks at the tensors' own bytes plus one chunk.
 * A TorchScript archive, as `torch.jit.save` writes it and as OpenAI's CLIP release
   files (``ViT-B-16.pt`` ...) are: a zip holding ``<prefix>/data.pkl`` (the module
   objects, pickled), ``<prefix>/data/<key>`` (raw storage bytes), ``<prefix>/code/``
@@ -32,38 +38,53 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import math
 import os
 import pickle
 import re
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Mapping
 
 import safetensors
 import safetensors.torch
 import torch
-from safetensors.torch import load as load_safetensors_bytes
 
 from rvos_edge.errors import UserError
 
 GZIP_SUFFIX = ".safetensors.gz"
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
+_MAX_HEADER = 100_000_000          # safetensors' own limit
+_CHUNK = 1 << 20
+
+# what a caller expects: {name: (dtype, shape)}
+Layout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, expected: Layout | None = None) -> dict[str, torch.Tensor]:
     """The tensors stored in a weights file, as a flat ``{dotted name: tensor}`` dict.
 
+    expected: the names, dtypes and shapes the caller needs; a file holding anything else is
+    refused (for safetensors files before their data is read).
     Raises UserError when the file is missing, unreadable, corrupt, holds no tensors,
-    or would need arbitrary objects unpickled.
+    would need arbitrary objects unpickled, or does not match `expected`.
     """
     path = Path(path)
     head = _read_head(path)
     if path.suffix.lower() == ".safetensors":
-        tensors = _read_safetensors(path)
+        tensors = _read_safetensors(path, expected)
     elif path.name.lower().endswith(GZIP_SUFFIX):
-        tensors = _read_gzipped_safetensors(path)
+        tensors = _read_gzipped_safetensors(path, expected)
     elif head.startswith(_ZIP_MAGIC):
         tensors = _read_zip(path)
     elif head.startswith(_PICKLE_PROTO):
@@ -72,6 +93,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a safetensors file, TorchScript archive or torch.save file")
     if not tensors:
         raise UserError(f"{path}: holds no tensors")
+    if expected is not None:
+        check_layout(path, {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}, expected)
     return tensors
 
 
@@ -79,13 +102,8 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata header of a safetensors file (``{}`` if it has none); tensors are not read."""
     path = Path(path)
     _read_head(path)
-    if path.name.lower().endswith(GZIP_SUFFIX):
-        return _gzipped_metadata(path)
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except (safetensors.SafetensorError, OSError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from exc
+    with _open_safetensors(path) as stream:
+        return _read_header(path, stream).metadata
 
 
 def is_safetensors_path(path: str | os.PathLike) -> bool:
@@ -94,17 +112,90 @@ def is_safetensors_path(path: str | os.PathLike) -> bool:
     return name.endswith(".safetensors") or name.endswith(GZIP_SUFFIX)
 
 
-def _gzipped_metadata(path: Path) -> dict[str, str]:
-    """The safetensors header (8-byte little-endian length, then JSON) read from the start of the stream."""
+def check_layout(path: Path, declared: Layout, expected: Layout) -> None:
+    """A UserError naming (up to 3 of) the tensors of `declared` missing from, extra to or unlike `expected`."""
+    problems = [f"missing {k}" for k in expected if k not in declared]
+    problems += [f"unexpected {k}" for k in declared if k not in expected]
+    problems += [f"{k} is {_describe(declared[k])}, expected {_describe(expected[k])}"
+                 for k in declared if k in expected and declared[k] != expected[k]]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{path}: its tensors are not the ones expected: {'; '.join(problems[:3])}{more}")
+
+
+def _describe(layout: tuple[torch.dtype, tuple[int, ...]]) -> str:
+    dtype, shape = layout
+    return f"{str(dtype).removeprefix('torch.')} {list(shape)}"
+
+
+@dataclass(frozen=True)
+class _Header:
+    """A safetensors header: each tensor's (dtype, shape, start, end) in the data, the metadata, the data size."""
+
+    tensors: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]
+    metadata: dict[str, str]
+    data_size: int
+
+    def layout(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {k: (dtype, shape) for k, (dtype, shape, _, _) in self.tensors.items()}
+
+
+def _compressed(path: Path) -> bool:
+    return path.name.lower().endswith(GZIP_SUFFIX)
+
+
+def _not_readable(path: Path, exc: BaseException) -> UserError:
+    kind = "gzip-compressed safetensors" if _compressed(path) else "safetensors"
+    return UserError(f"{path}: not a readable {kind} file ({_one_line(exc)})")
+
+
+def _open_safetensors(path: Path) -> IO[bytes]:
+    """The file's bytes as a stream, inflated when it is gzip-compressed."""
     try:
-        with gzip.open(path, "rb") as stream:
-            size = int.from_bytes(stream.read(8), "little")
-            if not 2 <= size <= 100_000_000:
-                raise ValueError(f"header length {size}")
-            header = json.loads(stream.read(size))
-    except (OSError, EOFError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable gzip-compressed safetensors file ({_one_line(exc)})") from exc
-    return dict(header.get("__metadata__") or {})
+        return gzip.open(path, "rb") if _compressed(path) else path.open("rb")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _read_header(path: Path, stream: IO[bytes]) -> _Header:
+    """Read and check the header (8-byte little-endian length, then JSON) at the start of `stream`."""
+    try:
+        size = int.from_bytes(_read_exactly(stream, 8), "little")
+        if not 2 <= size <= _MAX_HEADER:
+            raise ValueError(f"header length {size}")
+        header = json.loads(_read_exactly(stream, size))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        tensors = {name: _entry(name, value) for name, value in header.items()}
+        end = 0
+        for name, (_, _, start, stop) in sorted(tensors.items(), key=lambda item: item[1][2:]):
+            if start != end:
+                raise ValueError(f"tensor {name} does not start where the one before it ends")
+            end = stop
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise ValueError("metadata must map strings to strings")
+    except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError) as exc:
+        raise _not_readable(path, exc) from exc
+    return _Header(tensors, dict(metadata), end)
+
+
+def _entry(name: str, value: dict) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, start, end) of one header entry, its byte range checked against dtype and shape."""
+    dtype = _SAFETENSORS_DTYPES[value["dtype"]]
+    shape, (start, end) = tuple(value["shape"]), value["data_offsets"]
+    if not all(isinstance(n, int) and n >= 0 for n in (*shape, start, end)):
+        raise ValueError(f"tensor {name} has a bad shape or byte range")
+    if end - start != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"tensor {name}: {end - start} bytes for shape {list(shape)} of {value['dtype']}")
+    return dtype, shape, start, end
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError(f"the file ends {size - len(data)} bytes early")
+    return data
 
 
 def _read_head(path: Path) -> bytes:
@@ -123,19 +214,48 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, expected: Layout | None) -> dict[str, torch.Tensor]:
+    if expected is not None:
+        with _open_safetensors(path) as stream:
+            check_layout(path, _read_header(path, stream).layout(), expected)
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except (safetensors.SafetensorError, OSError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from exc
+        raise _not_readable(path, exc) from exc
 
 
-def _read_gzipped_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with gzip.open(path, "rb") as stream:
-            return load_safetensors_bytes(stream.read())       # safetensors parsing, no pickle
-    except (safetensors.SafetensorError, OSError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable gzip-compressed safetensors file ({_one_line(exc)})") from exc
+def _read_gzipped_safetensors(path: Path, expected: Layout | None) -> dict[str, torch.Tensor]:
+    """Inflate as a stream into one buffer of the size the (checked) header declares; see the module docstring."""
+    with _open_safetensors(path) as stream:
+        header = _read_header(path, stream)
+        if expected is not None:
+            check_layout(path, header.layout(), expected)
+        data = bytearray(header.data_size)
+        view = memoryview(data)
+        try:
+            done = 0
+            while done < len(data):
+                got = stream.readinto(view[done:done + _CHUNK])
+                if not got:
+                    raise EOFError(f"the data ends {len(data) - done} bytes before the size its header declares")
+                done += got
+            beyond = stream.read(1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _not_readable(path, exc) from exc
+    if beyond:
+        raise UserError(f"{path}: inflates past the {8 + header.data_size:,}+ bytes its header declares "
+                        "(a damaged file or a decompression bomb); not read further")
+    return {name: _tensor_view(data, dtype, shape, start)
+            for name, (dtype, shape, start, _) in header.tensors.items()}
+
+
+def _tensor_view(data: bytearray, dtype: torch.dtype, shape: tuple[int, ...], start: int) -> torch.Tensor:
+    """The tensor at byte `start` of `data`, sharing its memory (copied when `start` is not aligned to its dtype)."""
+    count = math.prod(shape)
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    flat = torch.frombuffer(data, dtype=dtype, count=count, offset=start)
+    return (flat if start % dtype.itemsize == 0 else flat.clone()).reshape(shape)
 
 
 def _read_zip(path: Path) -> dict[str, torch.Tensor]:
