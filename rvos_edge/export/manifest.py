@@ -19,6 +19,7 @@ An artifact folder written by ``rvos-edge export`` holds ``text_encoder.onnx``,
                      "cache": {"text_encoder": "text_encoder.calib.cache", "clip_model": "clip_model.calib.cache"}},
      "tensorrt": {"plugin": {...}, "engines": {"fp16": {...}}},   # optional, see rvos_edge.export.trt_plan
      "tokenizer_vocab_sha256": "<sha256 hex>",
+     "learnt_tokens": [[0, 1], [320, 322], ...],          # optional, see below
      "producer": {"rvos_edge": "0.1.0", "torch": "...", "onnx": "...", "onnxruntime": "..."}}
 
 Variants (written by `rvos_edge.calib`) may name a base file when a graph is
@@ -30,7 +31,10 @@ graph; folders without it (older exports) load as before. "tensorrt" is present
 once the folder holds TensorRT material: "plugin", the clip graph whose CF-MSA
 are CubeFrameAttention plugin nodes (``export --attention plugin``; TensorRT
 only), and "engines", the engines built per precision (TensorRT version, GPU,
-files); `rvos_edge.export.trt_plan` reads and checks it.
+files); `rvos_edge.export.trt_plan` reads and checks it. "learnt_tokens" lists the
+token ids whose embedding row is not zero, as [start, stop) runs: the words the text
+encoder has learnt (the runtime warns about the others); folders without it (older
+exports) warn about nothing.
 
 Dtypes are numpy names ("int64", "float32", "bool", "uint8", "float16"); symbolic
 dimensions are strings ("B" for the batch, "Tc" for a clip-length range).
@@ -66,6 +70,7 @@ GRAPH_NAMES = (TEXT_ENCODER, CLIP_MODEL)
 DTYPES = ("bool", "uint8", "int32", "int64", "float16", "float32")
 
 Dim = int | str
+TokenRuns = tuple[tuple[int, int], ...]
 
 
 class ManifestError(UserError):
@@ -153,6 +158,7 @@ class Manifest:
     variants: other precisions, e.g. {"fp16": {"text_encoder": "text_encoder.fp16.onnx", ...}}.
     calibration: how the int8 variant was calibrated and its TensorRT caches (see the module docstring); None before.
     tensorrt: the plugin graph and the TensorRT engines (see `rvos_edge.export.trt_plan`); None before.
+    learnt_tokens: [start, stop) runs of the token ids the text encoder learnt; None when not recorded.
     """
 
     config: ModelConfig
@@ -167,6 +173,7 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     tensorrt: dict[str, Any] | None = None
+    learnt_tokens: TokenRuns | None = None
 
     def calibration_cache(self, graph: str) -> str | None:
         """File name of the TensorRT calibration cache of `graph` (None when it has none)."""
@@ -200,6 +207,7 @@ class Manifest:
             "producer": dict(self.producer),
             **({"calibration": dict(self.calibration)} if self.calibration is not None else {}),
             **({"tensorrt": dict(self.tensorrt)} if self.tensorrt is not None else {}),
+            **({"learnt_tokens": [list(r) for r in self.learnt_tokens]} if self.learnt_tokens is not None else {}),
         }
 
     @classmethod
@@ -257,6 +265,7 @@ class Manifest:
             producer=dict(get("producer", dict)),
             calibration=dict(calibration) if calibration is not None else None,
             tensorrt=dict(tensorrt) if tensorrt is not None else None,
+            learnt_tokens=_token_runs(d.get("learnt_tokens")),
         )
         manifest._check_contract()
         return manifest
@@ -276,6 +285,33 @@ class Manifest:
         unlisted = [f for f in named if f not in self.files]
         if unlisted:
             raise ManifestError(f"manifest names {', '.join(unlisted)} but lists no sha256 for it")
+
+
+def token_runs(ids: Iterable[int]) -> TokenRuns:
+    """Distinct ids as sorted half-open [start, stop) runs: (5, 0, 1, 2) -> ((0, 3), (5, 6))."""
+    runs: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return tuple((start, stop) for start, stop in runs)
+
+
+def in_runs(token: int, runs: TokenRuns) -> bool:
+    """Whether `token` lies in one of `runs`."""
+    return any(start <= token < stop for start, stop in runs)
+
+
+def _token_runs(value: Any) -> TokenRuns | None:
+    """The manifest's "learnt_tokens" (absent: None), checked: a list of [start, stop] with 0 <= start < stop."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+            and 0 <= r[0] < r[1] for r in value):
+        raise ManifestError("manifest 'learnt_tokens' must be a list of [start, stop] token id runs")
+    return tuple((start, stop) for start, stop in value)
 
 
 def hash_files(directory: str | os.PathLike[str], names: Iterable[str]) -> dict[str, str]:

@@ -10,6 +10,12 @@ from rvos_edge.model.clip import CLIP, causal_mask
 from rvos_edge.model.tokenizer import EOT_TOKEN   # the largest id: argmax finds it
 
 
+def learnt_token_ids(clip: CLIP) -> list[int]:
+    """Sorted ids of the token embedding's non-zero rows: the tokens the text encoder has learnt
+    something about (the demo's CLIP zeroes every row outside the synthetic world's vocabulary)."""
+    return torch.nonzero(clip.token_embedding.weight.detach().abs().sum(1) > 0)[:, 0].tolist()
+
+
 class TextFeatures(NamedTuple):
     """What the text encoder gives the clip model, computed once per expression.
 

@@ -162,13 +162,15 @@ def _clean(text: str) -> str:
     return html.unescape(html.unescape(ftfy.fix_text(text))).lower()
 
 
+def words_and_ids(text: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Each word of `text` (step 2, after cleaning) with its token ids (steps 3 and 4)."""
+    encoder = _encoder()
+    return [(word, encoder.word_ids(word)) for word in _WORD_PATTERN.findall(_clean(text))]
+
+
 def _encode(text: str) -> list[int]:
     """Word ids of one text, without SOS/EOS."""
-    encoder = _encoder()
-    ids: list[int] = []
-    for word in _WORD_PATTERN.findall(_clean(text)):
-        ids.extend(encoder.word_ids(word))
-    return ids
+    return [i for _, ids in words_and_ids(text) for i in ids]
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:

@@ -34,13 +34,27 @@ from typing import Any
 import numpy as np
 
 from rvos_edge.errors import UserError
+from rvos_edge.export.manifest import in_runs
 from rvos_edge.runtime.backends import Engines, open_engines
 from rvos_edge.runtime.pipeline import (LRUCache, StageTimes, check_frame, mask_and_score, prepare_frame,
                                         upsample_logits)
 
 
+QUOTE_LIMIT = 60           # characters of an expression a warning quotes
+UNKNOWN_LIMIT = 5          # words an unknown-words warning names
+
+
 class ExpressionTruncatedWarning(UserWarning):
     """An expression longer than the text context; it was cut to its first words."""
+
+
+class UnknownWordsWarning(UserWarning):
+    """An expression with words whose tokens the model never learnt (their embedding is zero)."""
+
+
+def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` quoted as Python would, cut to its first `limit` characters ("..." after the quote when cut)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,8 @@ class Segmenter:
         Frames already pushed under the previous expression are run with it first
         (padded, as by `flush`) and their results returned. An empty or blank text
         is a UserError; one longer than the context is truncated with an
-        ExpressionTruncatedWarning.
+        ExpressionTruncatedWarning; words with tokens outside the engines'
+        learnt_tokens give an UnknownWordsWarning (they mean nothing to the model).
         """
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"the expression is empty: give a sentence describing the object, got {text!r}")
@@ -112,7 +127,12 @@ class Segmenter:
         self._text = encoded
         if encoded.truncated:
             warnings.warn(f"expression longer than the model's {self.config.max_words}-token context, "
-                          f"its end is ignored: {text!r}", ExpressionTruncatedWarning, stacklevel=2)
+                          f"its end is ignored: {quote(text)}", ExpressionTruncatedWarning, stacklevel=2)
+        unknown = self._unknown_words(text)
+        if unknown:
+            more = f" and {len(unknown) - UNKNOWN_LIMIT} more" if len(unknown) > UNKNOWN_LIMIT else ""
+            warnings.warn(f"the model never learnt {', '.join(map(repr, unknown[:UNKNOWN_LIMIT]))}{more} "
+                          f"(in {quote(text)}): those words are ignored", UnknownWordsWarning, stacklevel=2)
         self._expression = text
         self._clear_history()
         return results
@@ -147,6 +167,16 @@ class Segmenter:
     def _clear_history(self) -> None:
         self._history = self._zero_history()
         self._has_history = False
+
+    def _unknown_words(self, text: str) -> list[str]:
+        """Distinct words of `text`, in order, with a token outside the engines' learnt tokens."""
+        runs = self.engines.learnt_tokens
+        if runs is None:
+            return []
+        from rvos_edge.model.tokenizer import words_and_ids
+
+        unknown = [word for word, ids in words_and_ids(text) if not all(in_runs(i, runs) for i in ids)]
+        return list(dict.fromkeys(unknown))
 
     def _encode(self, text: str) -> _Text:
         """Text features of `text`, from the cache or the text encoder."""

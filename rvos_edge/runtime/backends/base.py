@@ -15,7 +15,7 @@ import numpy as np
 
 from rvos_edge.config import ModelConfig
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import CLIP_MODEL, TEXT_ENCODER, TensorSpec, expected_graphs
+from rvos_edge.export.manifest import CLIP_MODEL, TEXT_ENCODER, TensorSpec, TokenRuns, expected_graphs
 
 
 class Runner(ABC):
@@ -41,6 +41,7 @@ class Engines:
 
     clip_len: (min, max) clip length the clip runner accepts; max None when any
     length >= min runs (the PyTorch model).
+    learnt_tokens: [start, stop) runs of the token ids the text encoder learnt (None: unknown).
     """
 
     text: Runner
@@ -50,6 +51,7 @@ class Engines:
     clip_len: tuple[int, int | None]
     backend: str
     source: str
+    learnt_tokens: TokenRuns | None = None
 
     def __post_init__(self) -> None:
         expected = expected_graphs(self.config, self.clip_len)

@@ -97,4 +97,4 @@ def open_ort(path: str | Path, precision: str = "fp32", providers: Sequence[str]
     text = OrtRunner(_session(path / files[TEXT_ENCODER], options, chosen), TEXT_ENCODER)
     clip = OrtRunner(_session(path / files[CLIP_MODEL], options, chosen), CLIP_MODEL)
     return Engines(text=text, clip=clip, config=manifest.config, precision=precision,
-                   clip_len=manifest.clip_len, backend="ort", source=str(path))
+                   clip_len=manifest.clip_len, backend="ort", source=str(path), learnt_tokens=manifest.learnt_tokens)

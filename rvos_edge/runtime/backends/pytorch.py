@@ -63,7 +63,9 @@ def open_torch(path: str | Path, precision: str = "fp32", device: str = "cpu", t
     """
     import torch
 
+    from rvos_edge.export.manifest import token_runs
     from rvos_edge.model import load_checkpoint
+    from rvos_edge.model.text import learnt_token_ids
 
     if precision != "fp32":
         raise UserError(f"the torch backend runs fp32 only, not {precision}; "
@@ -80,4 +82,5 @@ def open_torch(path: str | Path, precision: str = "fp32", device: str = "cpu", t
         raise UserError(f"unknown torch device {device!r}: {e}") from None
     model = load_checkpoint(path).fold_prompts().eval().to(dev)
     return Engines(text=TorchTextRunner(model, dev), clip=TorchClipRunner(model, dev), config=model.config,
-                   precision=precision, clip_len=_CLIP_LEN, backend="torch", source=str(path))
+                   precision=precision, clip_len=_CLIP_LEN, backend="torch", source=str(path),
+                   learnt_tokens=token_runs(learnt_token_ids(model.clip)))

@@ -295,6 +295,6 @@ def open_trt(path: str | Path, precision: str = "fp32", device: str = "cuda", cu
         runners[graph] = TrtRunner(trt, cudart, engine, graph, (*specs[graph].inputs, *specs[graph].outputs),
                                    cuda_graph)
     return Engines(text=runners[TEXT_ENCODER], clip=runners[CLIP_MODEL], config=manifest.config, precision=precision,
-                   clip_len=manifest.clip_len, backend="trt", source=str(path))
+                   clip_len=manifest.clip_len, backend="trt", source=str(path), learnt_tokens=manifest.learnt_tokens)
 
 
