@@ -3,12 +3,14 @@
 1. Export the checkpoint (default: DEMO_CHECKPOINT, the `demo` preset trained on
    the synthetic world) to OUT/artifacts, as `rvos-edge export` does. A folder
    that already holds an export of the same checkpoint file (its sha256 is kept
-   in OUT/artifacts/source.sha256) is reused.
+   in OUT/artifacts/source.sha256) is reused. The checkpoint is loaded before
+   anything is created, so a bad one leaves no OUT behind.
 2. Write the first `videos` held-out synthetic videos (seed HELDOUT_SEED, never
    used in training; one of each kind with the default 4) as PNG frames under
-   OUT/<name>/frames, and run each with ONNX Runtime on the CPU exactly as
-   `rvos-edge run OUT/artifacts --frames ... --expr ...` does: masks under
-   OUT/<name>/masks, OUT/<name>/overlay.mp4, OUT/<name>/summary.json.
+   OUT/frames/<name>, and run each with ONNX Runtime on the CPU exactly as
+   `rvos-edge run OUT/artifacts --frames ... --expr ... --out OUT/<name>` does:
+   masks under OUT/<name>/masks, OUT/<name>/overlay.mp4, OUT/<name>/summary.json
+   (each OUT/<name> is replaced as a whole, so the frames live apart).
 3. Score the masks written on disk against the ground truth (J&F, DAVIS
    definitions) and print one line per video and a summary line with J&F and
    frames per second; OUT/demo.json holds the same numbers.
@@ -25,7 +27,7 @@ import numpy as np
 
 from rvos_edge.data import HELDOUT_SEED, Sample, generate
 from rvos_edge.errors import UserError
-from rvos_edge.fileio import atomic_write_bytes, sha256_file
+from rvos_edge.fileio import atomic_write_bytes, make_folder, sha256_file
 
 DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo.safetensors.gz"
 SOURCE_FILE = "source.sha256"
@@ -47,7 +49,7 @@ def _artifacts(checkpoint: Path, out: Path) -> tuple[Path, float]:
 
 
 def _write_frames(sample: Sample, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     for i, frame in enumerate(sample.frames):
         ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -79,9 +81,10 @@ def run_demo(checkpoint: str | Path | None = None, out: str | Path = "demo_out",
     rows, frames, wall, engine_s = [], 0, 0.0, 0.0
     for index in range(videos):
         sample = generate(HELDOUT_SEED, index)
-        folder = out / sample.name.replace("/", "_")
-        _write_frames(sample, folder / "frames")
-        run_command(str(artifacts), expressions=[sample.expression], frames=str(folder / "frames"), out=str(folder),
+        name = sample.name.replace("/", "_")
+        folder, frames_folder = out / name, out / "frames" / name
+        _write_frames(sample, frames_folder)
+        run_command(str(artifacts), expressions=[sample.expression], frames=str(frames_folder), out=str(folder),
                     backend="ort", threads=threads)
         summary = json.loads((folder / "summary.json").read_text())
         j, f = score_video(sample.masks, _read_masks(folder / "masks", sample.num_frames))

@@ -101,12 +101,13 @@ def test_graph_dims_and_ops(static_dir, ranged_dir):
 def test_failed_verification_writes_nothing(tiny_ckpt, tmp_path, monkeypatch):
     out = tmp_path / "art"
     out.mkdir()
+    (out / "manifest.json").write_text("{}")                          # an earlier export stays as it was
     (out / "keep.txt").write_text("mine")
     monkeypatch.setattr(onnx_export, "TOLERANCE", {k: -1.0 for k in onnx_export.TOLERANCE})
     with pytest.raises(UserError, match="verification failed"):
         onnx_export.export_artifacts(tiny_ckpt, out, progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["art"]            # no staging folder left behind
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]            # no staging folder or lock left behind
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "manifest.json"]
 
 
 @pytest.mark.parametrize("argv, message", [

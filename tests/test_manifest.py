@@ -156,7 +156,7 @@ def test_write_is_atomic(art: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(mf.os, "replace", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write .*manifest.json: disk full"):     # one line, exit 2
         write_manifest(art, m)
     assert (art / "manifest.json").read_bytes() == before
     assert not [p for p in os.listdir(art) if p.startswith(".")]

@@ -15,17 +15,23 @@ How the graphs are made:
 - the export checks itself: `onnx.checker`, tensor names/dtypes against the
   manifest contract, and ONNX Runtime against PyTorch on random inputs at both
   ends of the clip-length range (mask_logits <= 1e-3, history_out and text
-  features <= 1e-4 max abs difference); above tolerance it fails and writes nothing.
-Everything is written to a temporary folder beside DIR and moved in at the end,
-manifest last, so DIR never holds a half-written export.
+  features <= 1e-4 max abs difference); above tolerance it fails and writes nothing;
+- the manifest records the token ids whose embedding row is not zero ("learnt_tokens").
+The checkpoint is loaded (and so checked) before anything is created. The folder is
+written as one unit (`fileio.output_folder`): a staging folder beside DIR that
+replaces DIR, an earlier export and its variants included, at the end; on failure
+neither DIR nor any staging is left. The exporter's log lines about third-party
+operators it does not register (torchvision missing) are silenced; the progress bar
+shows on a terminal only.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -34,10 +40,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import (CLIP_MODEL, TEXT_ENCODER, GraphSpec, Manifest, expected_graphs,
-                                       hash_files, producer_versions, write_manifest)
+from rvos_edge.export.manifest import (CLIP_MODEL, MANIFEST_NAME, TEXT_ENCODER, GraphSpec, Manifest,
+                                       expected_graphs, hash_files, producer_versions, token_runs, write_manifest)
+from rvos_edge.fileio import output_folder
 from rvos_edge.model.checkpoint import load_checkpoint
-from rvos_edge.model.text import TextFeatures
+from rvos_edge.model.text import TextFeatures, learnt_token_ids
 from rvos_edge.model.tokenizer import tokenize_for_prompts, vocab_sha256
 from rvos_edge.model.vlprvos import VLPRVOS
 
@@ -45,6 +52,20 @@ OPSET = 18
 ATTENTIONS = ("decomposed", "plugin")
 TOLERANCE = {"mask_logits": 1e-3, "history_out": 1e-4, "text_feats": 1e-4, "text_global": 1e-4}
 _TWO_GB = 2 * 1024 ** 3
+# torch.onnx's registry logs one warning per torchvision operator it skips when torchvision is missing
+_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def _quiet_registration() -> Iterator[None]:
+    """Meanwhile the exporter's registry logs errors only."""
+    logger = logging.getLogger(_REGISTRATION_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class TextEncoderGraph(nn.Module):
@@ -95,7 +116,7 @@ def _export_graph(module: nn.Module, spec: GraphSpec, inputs: dict[str, Tensor],
     time = torch.export.Dim("Tc", min=clip_len[0], max=clip_len[1]) if clip_len[0] != clip_len[1] else None
     dynamic = {n: {0: batch, **({1: time} if n == "frames" and time is not None else {})} for n in names}
     params = sum(p.numel() * p.element_size() for p in module.parameters())
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_registration():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, tuple(inputs[n] for n in names), dynamo=True, opset_version=OPSET,
                                     input_names=names, output_names=[t.name for t in spec.outputs],
@@ -170,52 +191,43 @@ def export_artifacts(source: str | os.PathLike | VLPRVOS, out_dir: str | os.Path
                         "(ONNX Runtime >= 1.14 and TensorRT 10.x read it)")
     if attention not in ATTENTIONS:
         raise UserError(f"attention {attention!r} is not available; use one of {', '.join(ATTENTIONS)}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out_dir}: {e.strerror}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise UserError(f"cannot write to output folder {out_dir}")
-
-    steps = tqdm(total=5 + (attention == "plugin"), desc="export", unit="step", disable=not progress, leave=False)
     model = source if isinstance(source, VLPRVOS) else load_checkpoint(source, clip_weights=clip_weights)
     model = model.eval().fold_prompts()
     model.attention_impl = "decomposed"
+    lengths = parse_clip_len(clip_len, model.config.clip_len)
+    with output_folder(out_dir, MANIFEST_NAME) as staging:
+        with tqdm(total=4 + (attention == "plugin"), desc="export", unit="step", leave=False,
+                  disable=None if progress else True) as steps:
+            manifest, errors = _export_into(staging, model, lengths, attention, steps)
+    return manifest, errors
+
+
+def _export_into(staging: Path, model: VLPRVOS, lengths: tuple[int, int], attention: str,
+                 steps: tqdm) -> tuple[Manifest, dict[str, float]]:
+    """Export, verify and describe `model` in folder `staging` (see export_artifacts)."""
     cfg = model.config
-    lengths = parse_clip_len(clip_len, cfg.clip_len)
     specs = expected_graphs(cfg, lengths)
+    # a ranged Tc is traced at >= 2 so that the exporter does not specialise it to 1
+    sample = _sample_inputs(model, batch=2, clip_len=lengths[0] if lengths[0] == lengths[1] else max(2, lengths[0]), seed=0)
+    _export_graph(TextEncoderGraph(model), specs[TEXT_ENCODER], sample, staging / specs[TEXT_ENCODER].file, lengths)
     steps.update()
+    _export_graph(ClipModelGraph(model), specs[CLIP_MODEL], sample, staging / specs[CLIP_MODEL].file, lengths)
+    steps.update()
+    errors = _verify(model, staging, specs, lengths)
+    steps.update()
+    tensorrt = None
+    if attention == "plugin":
+        from rvos_edge.export.plugin import PLUGIN_FILE, export_plugin_graph
+        from rvos_edge.export.trt_manifest import plugin_section
 
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.export-"))
-    try:
-        # a ranged Tc is traced at >= 2 so that the exporter does not specialise it to 1
-        sample = _sample_inputs(model, batch=2, clip_len=lengths[0] if lengths[0] == lengths[1] else max(2, lengths[0]), seed=0)
-        _export_graph(TextEncoderGraph(model), specs[TEXT_ENCODER], sample, staging / specs[TEXT_ENCODER].file, lengths)
+        export_plugin_graph(model, specs[CLIP_MODEL], sample, staging / PLUGIN_FILE, lengths)
+        tensorrt = {"plugin": plugin_section(PLUGIN_FILE)}
         steps.update()
-        _export_graph(ClipModelGraph(model), specs[CLIP_MODEL], sample, staging / specs[CLIP_MODEL].file, lengths)
-        steps.update()
-        errors = _verify(model, staging, specs, lengths)
-        steps.update()
-        tensorrt = None
-        if attention == "plugin":
-            from rvos_edge.export.plugin import PLUGIN_FILE, export_plugin_graph
-            from rvos_edge.export.trt_manifest import plugin_section
-
-            export_plugin_graph(model, specs[CLIP_MODEL], sample, staging / PLUGIN_FILE, lengths)
-            tensorrt = {"plugin": plugin_section(PLUGIN_FILE)}
-            steps.update()
-        manifest = Manifest(
-            config=cfg, graphs=specs, files=hash_files(staging, sorted(p.name for p in staging.iterdir())),
-            tokenizer_vocab_sha256=vocab_sha256(), clip_len=lengths, opset=OPSET, attention=attention,
-            precision="fp32", producer=producer_versions(), tensorrt=tensorrt)
-        for f in staging.iterdir():
-            os.replace(f, out_dir / f.name)
-        write_manifest(out_dir, manifest)
-        steps.update()
-    finally:
-        steps.close()
-        shutil.rmtree(staging, ignore_errors=True)
+    manifest = Manifest(
+        config=cfg, graphs=specs, files=hash_files(staging, sorted(p.name for p in staging.iterdir())),
+        tokenizer_vocab_sha256=vocab_sha256(), clip_len=lengths, opset=OPSET, attention=attention,
+        precision="fp32", producer=producer_versions(), tensorrt=tensorrt,
+        learnt_tokens=token_runs(learnt_token_ids(model.clip)))
+    write_manifest(staging, manifest)
+    steps.update()
     return manifest, errors
