@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 # elsewhere pip picks the platform default. Override with TORCH_SPEC=... if needed.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+NATIVE := build/native
 
 .PHONY: setup demo test clean
 
@@ -21,8 +22,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/rvos-edge demo --out demo_out
 
-test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+test: $(STAMP) native
+	TRITON_INTERPRET=1 RVOS_EDGE_NATIVE_REQUIRED=1 $(PY) -m pytest -q tests
+	ctest --test-dir $(NATIVE) --output-on-failure
+
+# The C++ runtime (CMakeLists.txt, native/): the Debian packages and ONNX Runtime's headers
+# (native/scripts/deps.sh, apt-get as root or through sudo), then a Release build in build/native.
+.PHONY: native
+native: $(STAMP)
+	native/scripts/deps.sh $(NATIVE) $(PY)
+	cmake -S . -B $(NATIVE) -DCMAKE_BUILD_TYPE=Release -DRVOS_EDGE_PYTHON=$(CURDIR)/$(PY) \
+	    -DRVOS_EDGE_ORT_CMAKE=$(CURDIR)/$(NATIVE)/deps/onnxruntime.cmake
+	cmake --build $(NATIVE) -j2
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

@@ -91,6 +91,14 @@ std::u32string numeric_reference(char32_t num, bool overflow) {
     return {num};
 }
 
+// The named entities reproduced (tokenizer.hpp), as Python's html.entities.html5 has them.
+const std::map<std::u32string, char32_t> with_semicolon = {
+    {U"amp;", U'&'}, {U"AMP;", U'&'}, {U"lt;", U'<'}, {U"LT;", U'<'}, {U"gt;", U'>'}, {U"GT;", U'>'},
+    {U"quot;", U'"'}, {U"QUOT;", U'"'}, {U"apos;", U'\''}, {U"nbsp;", U'\u00A0'}};
+const std::map<std::u32string, char32_t> without_semicolon = {
+    {U"amp", U'&'}, {U"AMP", U'&'}, {U"lt", U'<'}, {U"LT", U'<'}, {U"gt", U'>'}, {U"GT", U'>'},
+    {U"quot", U'"'}, {U"QUOT", U'"'}, {U"nbsp", U'\u00A0'}};
+
 bool is_digit(char32_t c, bool hex) {
     return (c >= U'0' && c <= U'9') || (hex && ((c >= U'a' && c <= U'f') || (c >= U'A' && c <= U'F')));
 }
@@ -98,10 +106,6 @@ bool is_digit(char32_t c, bool hex) {
 // One pass of Python's html.unescape over `text`, for numeric references and the named
 // entities below (the others are left as they are, see tokenizer.hpp).
 std::u32string unescape_html(std::u32string_view text) {
-    static const std::map<std::u32string, char32_t> with_semicolon = {
-        {U"amp;", U'&'}, {U"lt;", U'<'}, {U"gt;", U'>'}, {U"quot;", U'"'}, {U"apos;", U'\''}, {U"nbsp;", U'\u00A0'}};
-    static const std::map<std::u32string, char32_t> without_semicolon = {
-        {U"amp", U'&'}, {U"lt", U'<'}, {U"gt", U'>'}, {U"quot", U'"'}, {U"nbsp", U'\u00A0'}};
     std::u32string out;
     size_t i = 0;
     while (i < text.size()) {
@@ -143,8 +147,9 @@ std::u32string unescape_html(std::u32string_view text) {
         }
         if (k < text.size() && text[k] == U';') ++k;
         const std::u32string name(text.substr(j, k - j));
-        if (auto it = with_semicolon.find(name); it != with_semicolon.end()) {
-            out.push_back(it->second);
+        const auto exact = with_semicolon.count(name) ? with_semicolon.find(name) : without_semicolon.find(name);
+        if (exact != without_semicolon.end()) {
+            out.push_back(exact->second);
             i = k;
             continue;
         }
@@ -163,6 +168,54 @@ std::u32string unescape_html(std::u32string_view text) {
             out += name;
         }
         i = k;
+    }
+    return out;
+}
+
+bool is_alnum_ascii(char32_t c) {
+    return (c >= U'0' && c <= U'9') || (c >= U'a' && c <= U'z') || (c >= U'A' && c <= U'Z');
+}
+
+// ftfy's unescape_html on one segment: "&" "#"? [0-9A-Za-z]{1,24} ";" is replaced when it is a
+// named entity (of those reproduced) or a numeric reference that html.unescape decodes whole.
+std::u32string ftfy_unescape_segment(std::u32string_view text) {
+    std::u32string out;
+    size_t i = 0;
+    while (i < text.size()) {
+        size_t j = i + 1;
+        if (text[i] == U'&' && j < text.size() && text[j] == U'#') ++j;
+        size_t k = j;
+        while (text[i] == U'&' && k < text.size() && k - j < 24 && is_alnum_ascii(text[k])) ++k;
+        if (text[i] != U'&' || k == j || k >= text.size() || text[k] != U';') {
+            out.push_back(text[i++]);
+            continue;
+        }
+        const std::u32string_view entity = text.substr(i, k + 1 - i);
+        std::u32string replacement(entity);
+        if (entity[1] != U'#') {
+            if (auto it = with_semicolon.find(std::u32string(entity.substr(1))); it != with_semicolon.end())
+                replacement = std::u32string(1, it->second);
+        } else if (std::u32string decoded = unescape_html(entity); decoded.find(U';') == std::u32string::npos) {
+            replacement = decoded;
+        }
+        out += replacement;
+        i = k + 1;
+    }
+    return out;
+}
+
+// ftfy.fix_text's HTML step: segments end after each line break; entities are unescaped in each
+// segment until one holds a '<' (from then on, in no later segment either).
+std::u32string ftfy_unescape(std::u32string_view text) {
+    std::u32string out;
+    bool unescape = true;
+    for (size_t start = 0; start < text.size();) {
+        const size_t newline = text.find(U'\n', start);
+        const size_t end = newline == std::u32string_view::npos ? text.size() : newline + 1;
+        const std::u32string_view segment = text.substr(start, end - start);
+        if (segment.find(U'<') != std::u32string_view::npos) unescape = false;
+        out += unescape ? ftfy_unescape_segment(segment) : std::u32string(segment);
+        start = end;
     }
     return out;
 }
@@ -193,7 +246,7 @@ bool starts_with(std::u32string_view text, size_t at, std::u32string_view prefix
 }  // namespace
 
 std::string clean(std::string_view utf8) {
-    std::u32string text = uncurl_quotes(nfc(decode(utf8)));
+    std::u32string text = nfc(uncurl_quotes(ftfy_unescape(decode(utf8))));
     text = unescape_html(unescape_html(text));
     return encode(lower(text));
 }

@@ -4,14 +4,15 @@
 //
 // A text becomes ids as in Python:
 // 1. Clean. Python runs ftfy.fix_text, unescapes HTML entities twice and lower-cases. Here:
-//    - Unicode NFC normalisation and straight quotes for curly ones (two of ftfy's steps);
-//    - HTML entities unescaped twice: numeric ones (&#38; &#x26;, with the HTML5 replacements
-//      for 0, surrogates, out-of-range and the Windows-1252 range 0x80-0x9F) and the named
-//      entities amp, lt, gt, quot, apos, nbsp (with or without ';' for the first five);
+//    - ftfy's HTML step (entities ending in ';', in each line until one holds a '<'), its
+//      straight quotes for curly ones and its NFC normalisation;
+//    - HTML entities unescaped twice as html.unescape does: numeric ones (&#38; &#x26;, with the
+//      HTML5 replacements for 0, surrogates, out-of-range and the Windows-1252 range 0x80-0x9F)
+//      and the named entities amp, lt, gt, quot (also in capitals), apos and nbsp;
 //    - full Unicode lower-casing (ICU, root locale), as Python's str.lower().
 //    NOT reproduced, so texts that need them get other ids than in Python: ftfy's mojibake
 //    repair ("cafÃ©" stays as it is instead of becoming "café"), its fixes of Latin ligatures,
-//    full-width characters, control characters, line breaks, terminal escapes and surrogate
+//    full-width characters, C1 and other control characters, terminal escapes and surrogate
 //    pairs, and the other ~2,200 named HTML entities (e.g. &eacute; stays as it is).
 // 2. Split into words with CLIP's pattern: <|startoftext|>, <|endoftext|>, the contractions
 //    's 't 're 've 'm 'll 'd, a run of letters (\p{L}), one digit (\p{N}), a run of other

@@ -1,0 +1,15 @@
+# cmake --install BUILD_DIR into WORK/prefix, then configure, build and run the consumer project
+# against it with find_package(rvos_edge).
+file(REMOVE_RECURSE "${WORK}")
+function(run)
+    execute_process(COMMAND ${ARGN} RESULT_VARIABLE status)
+    if(NOT status EQUAL 0)
+        message(FATAL_ERROR "failed (${status}): ${ARGN}")
+    endif()
+endfunction()
+run("${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${WORK}/prefix")
+run("${CMAKE_COMMAND}" -S "${CONSUMER}" -B "${WORK}/build" -DCMAKE_PREFIX_PATH=${WORK}/prefix -DCMAKE_BUILD_TYPE=Release)
+run("${CMAKE_COMMAND}" --build "${WORK}/build" -j2)
+run("${WORK}/build/consumer_c")
+run("${WORK}/build/consumer_cpp")
+run("${WORK}/prefix/bin/rvos-edge-run" --help)
