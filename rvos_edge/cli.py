@@ -5,8 +5,9 @@ Each subcommand is two small functions here, `_add_<name>(parser)` and
 their modules lazily, so commands that only need the runtime (`run` on ONNX
 Runtime) never import torch. A `UserError` becomes one line on stderr and exit 2
 (output paths that cannot be written are UserErrors of `rvos_edge.fileio`, the
-one place outputs are created); Ctrl-C and SIGTERM exit 130. Progress bars still
-open are closed first, so the error line is a line of its own.
+one place outputs are created); Ctrl-C and SIGTERM exit 130. Before that line,
+progress bars still open are closed and, if stderr was left mid-line (a bar's last
+state in a log, or its erasure), a newline ends it, so the error is a line of its own.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 from rvos_edge.errors import UserError
 
@@ -32,15 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_arguments(sp)
         sp.set_defaults(handler=handler)
     args = parser.parse_args(argv)
-    with _sigterm_interrupts():
+    with _sigterm_interrupts(), _line_tracked_stderr() as stderr:
         try:
             return int(args.handler(args) or 0)
         except UserError as e:
-            _close_progress_bars()
+            _end_progress(stderr)
             print(f"rvos-edge {args.command}: error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            _close_progress_bars()
+            _end_progress(stderr)
             print(f"rvos-edge {args.command}: interrupted", file=sys.stderr)
             return 130
 
@@ -62,12 +63,42 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _close_progress_bars() -> None:
-    """Close the tqdm bars an error left open, so that what is printed next starts a line of its own."""
+class _LineTrackedStream:
+    """A text stream passing everything to `stream` and remembering the last character written."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.last = "\n"
+
+    def write(self, text: str) -> int:
+        if text:
+            self.last = text[-1]
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _line_tracked_stderr() -> Iterator[_LineTrackedStream]:
+    """Meanwhile sys.stderr is a _LineTrackedStream over the real one."""
+    original = sys.stderr
+    sys.stderr = tracked = _LineTrackedStream(original)
+    try:
+        yield tracked
+    finally:
+        sys.stderr = original
+
+
+def _end_progress(stderr: _LineTrackedStream) -> None:
+    """Close the tqdm bars an error left open, then end the line they left stderr on: in a log a bar
+    never ends its line, and on a terminal only an erased one ("\\r") leaves the cursor at a clean start."""
     tqdm = sys.modules.get("tqdm")
     if tqdm is not None:
         for bar in list(tqdm.tqdm._instances):
             bar.close()
+    if stderr.last != "\n" and not (stderr.last == "\r" and stderr.isatty()):
+        stderr.write("\n")
 
 
 def _device(args: argparse.Namespace) -> str:
