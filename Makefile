@@ -35,5 +35,14 @@ native: $(STAMP)
 	    -DRVOS_EDGE_ORT_CMAKE=$(CURDIR)/$(NATIVE)/deps/onnxruntime.cmake
 	cmake --build $(NATIVE) -j2
 
+# Every CUDA test and GPU measurement in one command, for a lent GPU machine, where nothing is
+# installed: `PYTHONPATH=. make gpu-check` (benchmarks/gpu_check.py). ARGS="--dry-run" runs every
+# stage on the CPU with tiny shapes; ARGS="--train" adds the GPU training burst. It uses .venv
+# when there is one, else $(PYTHON).
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+.PHONY: gpu-check
+gpu-check:
+	PYTHONPATH=$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH)) $(GPU_PY) benchmarks/gpu_check.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

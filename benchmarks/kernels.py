@@ -9,7 +9,8 @@ mask, at B=1 Tc=6, B=1 Tc=36 and B=8 Tc=6. PRTC (vit-b16 vision layer: 12 heads,
 Tc*4 queries over Tc*(1+484) keys): triton split-K vs SDPA. Forward and forward+backward.
 
 On CUDA every repetition is timed with CUDA events after warm-up (which also compiles);
-on the CPU with perf_counter, and only the standard-op methods run (decomposed, dense SDPA).
+on the CPU with perf_counter, and only the standard-op methods run (decomposed, dense SDPA; triton too
+under TRITON_INTERPRET=1, as the GPU check's dry run does).
 Effective TFLOP/s counts the useful FLOPs only, 4*B*heads*d per allowed (query, key) pair
 (x3 for forward+backward), for every method, so a dense mask's wasted work is not credited.
 Speed-up is against dense SDPA. A method whose working set would not fit is skipped with
@@ -87,12 +88,18 @@ def runner(attend: Callable[..., torch.Tensor], inputs: list[torch.Tensor], back
     return forward_backward
 
 
+def triton_runs(device: torch.device) -> bool:
+    """Triton kernels run on CUDA, and on the CPU under TRITON_INTERPRET=1 (slowly: only for smoke runs)."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def cf_methods(device: torch.device, grid: tuple[int, int, int], mw: int, shift: int) -> dict[str, Callable]:
     """name -> attend(q, k, v) for the CF-MSA methods that run on `device`."""
     methods = {"decomposed": lambda q, k, v: cube_frame_attention(q, k, v, grid, mw, shift, impl="decomposed")}
+    if triton_runs(device):
+        methods["triton"] = lambda q, k, v: cube_frame_attention(q, k, v, grid, mw, shift, impl="triton")
     if device.type == "cuda":
         from rvos_edge.kernels.flex import block_mask, compiled_flex
-        methods["triton"] = lambda q, k, v: cube_frame_attention(q, k, v, grid, mw, shift, impl="triton")
         methods["flex"] = lambda q, k, v: compiled_flex()(
             q, k, v, block_mask=block_mask(q.shape[2], grid[1], grid[2], mw, shift, str(q.device)))
     mask = {}
@@ -113,21 +120,22 @@ def working_set(method: str, b: int, heads: int, tc: int, hw: int, m2: int, back
 
 
 def bench(device: torch.device, dtype: torch.dtype, warmup: int, reps: int, shifted: bool,
-          max_bytes: int) -> list[dict]:
+          max_bytes: int, cf_cases: list[tuple] = CF_CASES, prtc_cases: list[tuple] = PRTC_CASES) -> list[dict]:
+    """One row per (pass, case, method); cases as CF_CASES and PRTC_CASES."""
     rows = []
     for backward in (False, True):
-        for name, b, heads, d, tc, h, w, mw in CF_CASES:
+        for name, b, heads, d, tc, h, w, mw in cf_cases:
             s = mw // 2 if shifted else 0
             flops = 4 * b * heads * d * allowed_pairs((tc, h, w), mw, s) * (3 if backward else 1)
             inputs = [torch.randn(b, heads, tc * h * w, d, device=device, dtype=dtype) for _ in range(3)]
             for method, attend in cf_methods(device, (tc, h, w), mw, s).items():
                 rows.append(measure("CF-MSA", name, method, backward, attend, inputs, flops, device, warmup, reps,
                                     working_set(method, b, heads, tc, h * w, mw * mw, backward), max_bytes))
-        for name, b, heads, d, nq, nk in PRTC_CASES:
+        for name, b, heads, d, nq, nk in prtc_cases:
             flops = 4 * b * heads * d * nq * nk * (3 if backward else 1)
             inputs = [torch.randn(b, heads, n, d, device=device, dtype=dtype) for n in (nq, nk, nk)]
             methods = {"SDPA": F.scaled_dot_product_attention}
-            if device.type == "cuda":
+            if triton_runs(device):
                 methods["triton"] = lambda q, k, v: prtc_cross_attention(q, k, v, impl="triton")
             for method, attend in methods.items():
                 rows.append(measure("PRTC", name, method, backward, attend, inputs, flops, device, warmup, reps,
@@ -148,7 +156,12 @@ def measure(op: str, case: str, method: str, backward: bool, attend: Callable, i
         row["skipped"] = f"needs ~{need / 2**30:.1f} GiB of score tensors (limit {max_bytes / 2**30:.0f} GiB)"
         print(f"{op:6} {case:14} {method:11} {'fwd+bwd' if backward else 'fwd':7} skipped: {row['skipped']}")
         return row
-    times = time_ms(runner(attend, inputs, backward), device, warmup, reps)
+    try:
+        times = time_ms(runner(attend, inputs, backward), device, warmup, reps)
+    except Exception as e:               # a method that fails (a compile error, say) is recorded; the rest still run
+        row["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+        print(f"{op:6} {case:14} {method:11} {'fwd+bwd' if backward else 'fwd':7} error: {row['error']}")
+        return row
     median = statistics.median(times)
     row.update(median_ms=median, p90_ms=percentile(times, 90), p99_ms=percentile(times, 99), reps=reps,
                tflops=flops / median / 1e9)
@@ -188,8 +201,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         head = f"| {r['op']} | {r['case']} | {'fwd+bwd' if r['backward'] else 'fwd'} | {r['method']} |"
-        if "skipped" in r:
-            lines.append(f"{head} skipped: {r['skipped']} | | | | |")
+        if "skipped" in r or "error" in r:
+            lines.append(f"{head} {'skipped: ' + r['skipped'] if 'skipped' in r else r['error']} | | | | |")
         else:
             speedup = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
             lines.append(f"{head} {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "

@@ -43,7 +43,7 @@ def _save(path: str | Path, img: np.ndarray) -> None:
 
 
 def line_chart(path: str | Path, title: str, x_labels: Sequence[str], series: dict[str, Sequence[float | None]],
-               y_label: str) -> None:
+               y_label: str, x_label: str = "clip length (frames)") -> None:
     """Lines over categorical x positions; None values are gaps. y from 0 to a round maximum."""
     w, h, left, right, top, bottom = 960, 560, 80, 260, 50, 60
     img = np.full((h, w, 3), 255, np.uint8)
@@ -71,7 +71,7 @@ def line_chart(path: str | Path, title: str, x_labels: Sequence[str], series: di
         cv2.line(img, (w - right + 15, top + 12 + 20 * k), (w - right + 40, top + 12 + 20 * k), colour, 3)
         _text(img, name, (w - right + 46, top + 16 + 20 * k))
     _text(img, title, (left, 22), 0.6)
-    _text(img, "clip length (frames)", ((left + w - right) // 2 - 60, h - 18))
+    _text(img, x_label, ((left + w - right) // 2 - 60, h - 18))
     _text(img, y_label, (10, top - 14))
     _save(path, img)
 

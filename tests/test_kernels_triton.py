@@ -9,8 +9,9 @@ dense reference; fp32 atol 1e-5, fp16 atol 2e-3):
     fp16, partial border cubes, a 12x12 cube split into several query tiles;
   - gradients (fp32 atol 1e-5; fp16 atol 1e-2) on four geometries;
   - the hand-worked key sets of test_kernels.py.
-bf16 (absent from the interpreter) and the vit-b16 shapes run in the CUDA tests below,
-which skip without a GPU.
+bf16 (absent from the interpreter), the vit-b16 and vit-l14 shapes and the awkward ones
+(Tc=1, Tc=36, B=8, grids no multiple of the cube) run in the CUDA tests below, marked
+`gpu` (`make gpu-check` runs them), which skip without a GPU.
 """
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ from test_kernels import HAND_WORKED, attended_keys, dense_attention, design_all
 needs_triton = pytest.mark.skipif(
     not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
     reason="Triton needs CUDA or TRITON_INTERPRET=1 (make test sets it)")
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def gpu(test):
+    """CUDA only: marked `gpu` (what `make gpu-check` runs) and skipped without a GPU."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
+
 pytestmark = needs_triton
 
 SMALL = [(tc, h, w, mw, s) for tc, (h, w), mw in itertools.product((1, 2), ((4, 4), (5, 7)), (2, 3, 4))
@@ -113,7 +120,15 @@ def test_prtc_triton(monkeypatch, b, heads, nq, nk, d, target):
                                atol=2e-3, rtol=0)
 
 
-# ---------------------------------------------------------------- CUDA only
+# ---------------------------------------------------------------- CUDA only (make gpu-check)
+
+# (B, Tc, H, W, Mw): the vit-b16 and vit-l14 STR geometries, then awkward ones: one frame,
+# 36 frames, batch 8, and a non-square grid that is no multiple of the cube (partial border
+# cubes even at shift 0). Each runs at shift 0 and Mw//2.
+CUDA_GEOMETRIES = [(1, 6, 22, 22, 11), (2, 6, 24, 24, 12), (1, 1, 22, 22, 11), (1, 36, 22, 22, 11),
+                   (8, 6, 22, 22, 11), (2, 3, 20, 17, 12)]
+CUDA_DTYPES = [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)]
+
 
 @gpu
 def test_cuda_auto_is_triton():
@@ -121,10 +136,11 @@ def test_cuda_auto_is_triton():
 
 
 @gpu
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
-@pytest.mark.parametrize("b,tc,h,w,mw", [(1, 6, 22, 22, 11), (2, 6, 24, 24, 12), (1, 36, 22, 22, 11)])
-def test_cuda_vit_shapes(dtype, atol, b, tc, h, w, mw):
-    """vit-b16 / vit-l14 geometries, both shifts, every impl against the fp32 decomposed one."""
+@pytest.mark.parametrize("dtype,atol", CUDA_DTYPES)
+@pytest.mark.parametrize("b,tc,h,w,mw", CUDA_GEOMETRIES)
+def test_cuda_forward_backward(dtype, atol, b, tc, h, w, mw):
+    """Triton forward and backward against the fp32 decomposed impl (itself checked against the
+    dense reference to 1e-5 on the CPU), 8 heads of d=32 as in the STR; flex too below fp32."""
     n = tc * h * w
     q, k, v = (x.cuda() for x in qkv(b, 8, n, 32, seed=5))
     g = torch.randn_like(q)
@@ -144,10 +160,32 @@ def test_cuda_vit_shapes(dtype, atol, b, tc, h, w, mw):
 
 
 @gpu
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
-def test_cuda_prtc(dtype, atol):
-    q, k, v = torch.randn(8, 12, 24, 64, device="cuda"), torch.randn(8, 12, 2910, 64, device="cuda"), \
-        torch.randn(8, 12, 2910, 64, device="cuda")
-    expected = prtc_cross_attention(q, k, v, impl="reference")
-    out = prtc_cross_attention(q.to(dtype), k.to(dtype), v.to(dtype), impl="triton")
+@pytest.mark.parametrize("b,tc,h,w,mw", [(1, 2, 5, 7, 3), (1, 2, 13, 13, 12)])
+def test_cuda_matches_dense_reference(b, tc, h, w, mw):
+    """On small grids, Triton on CUDA against the float64 dense reference directly."""
+    n = tc * h * w
+    q, k, v = qkv(b, 2, n, 32, seed=7)
+    for s in (0, mw // 2):
+        out = cube_frame_attention(q.cuda(), k.cuda(), v.cuda(), (tc, h, w), mw, s, impl="triton")
+        torch.testing.assert_close(out.double().cpu(), dense_attention(q, k, v, design_allows((tc, h, w), mw, s)),
+                                   atol=1e-5, rtol=0)
+
+
+@gpu
+@pytest.mark.parametrize("dtype,atol", CUDA_DTYPES)
+@pytest.mark.parametrize("b,nq,nk", [(8, 6 * 4, 6 * 485), (1, 36 * 4, 36 * 485), (2, 6 * 4, 6 * 577)])
+def test_cuda_prtc(dtype, atol, b, nq, nk):
+    """PRTC split-K kernel, forward and backward, at the vit-b16 (Tc=6, B=8 and Tc=36) and
+    vit-l14 (577 tokens a frame) vision-layer shapes, against the fp32 reference."""
+    gen = torch.Generator().manual_seed(nq)
+    q, k, v = (torch.randn(b, 12, n, 64, generator=gen).cuda() for n in (nq, nk, nk))
+    g = torch.randn(b, 12, nq, 64, generator=gen).cuda()
+    ref = [x.clone().requires_grad_() for x in (q, k, v)]
+    expected = prtc_cross_attention(*ref, impl="reference")
+    expected.backward(g)
+    ins = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+    out = prtc_cross_attention(*ins, impl="triton")
     torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)
+    out.backward(g.to(dtype))
+    for x, r in zip(ins, ref):
+        torch.testing.assert_close(x.grad.float(), r.grad, atol=10 * atol, rtol=0)
