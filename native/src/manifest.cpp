@@ -150,6 +150,8 @@ Manifest parse(const json& d) {
                 fail("manifest tensorrt.engines." + precision + " is not a TensorRT engine entry (missing files)");
             auto files = parse_graph_files(json{{precision, entry["files"]}}, "tensorrt.engines");
             m.tensorrt_engines[precision] = files[precision];
+            const json plugin = entry.value("plugin", json());
+            m.tensorrt_plugin[precision] = plugin.is_string() ? plugin.get<std::string>() : "";
         }
     }
     m.tokenizer_vocab_sha256 = field(d, "tokenizer_vocab_sha256", json::value_t::string, "str").get<std::string>();

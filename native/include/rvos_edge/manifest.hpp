@@ -64,8 +64,10 @@ struct Manifest {
     std::map<std::string, std::string> files;   // file name -> sha256 hex
     // other precisions' ONNX graphs: precision -> graph name -> file
     std::map<std::string, std::map<std::string, std::string>> variants;
-    // TensorRT engines: precision -> graph name -> file (empty when the folder has none)
+    // TensorRT engines: precision -> graph name -> file (empty when the folder has none), and
+    // how each precision's engines run the CubeFrameAttention plugin ("" none, "jit", "aot")
     std::map<std::string, std::map<std::string, std::string>> tensorrt_engines;
+    std::map<std::string, std::string> tensorrt_plugin;
     std::string tokenizer_vocab_sha256;
 
     // {graph name: file} of the ONNX graphs of `precision`; an Error when the folder has none.
