@@ -87,7 +87,7 @@ def make_folder(path: str | os.PathLike[str]) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise UserError(f"cannot create folder {path}: a file of that name is in the way") from None
+        raise UserError(f"cannot create folder {path}: it is a file") from None
     except OSError as e:
         raise UserError(f"cannot create folder {path}: {_reason(e)}") from None
     return path
