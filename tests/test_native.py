@@ -158,39 +158,49 @@ def test_c_api_reports_errors_with_a_status_and_one_line(lib, tiny_art, tmp_path
     assert lib.rvos_edge_version().decode().count(".") == 2
 
 
-@pytest.mark.parametrize("case", ["missing video", "empty expression", "not an artifact folder", "unknown option"])
-def test_rvos_edge_run_bad_input_is_one_line_and_exit_2(case, tiny_art, tmp_path):
-    _native_built()
-    video = tmp_path / "v.avi"
+def _video(path: Path, frames: int) -> Path:
     import cv2
 
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (32, 24))
-    for _ in range(4):
-        writer.write(np.zeros((24, 32, 3), np.uint8))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 10, (32, 24))
+    for i in range(frames):
+        writer.write(np.full((24, 32, 3), 40 * i % 256, np.uint8))
     writer.release()
+    return path
+
+
+def _run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TOOL), *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("case", ["missing video", "empty expression", "not an artifact folder", "unknown option",
+                                  "output folder of other files"])
+def test_rvos_edge_run_bad_input_is_one_line_and_exit_2(case, tiny_art, tmp_path):
+    _native_built()
+    video = _video(tmp_path / "v.avi", 4)
+    out = tmp_path / "out"
+    if case == "output folder of other files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
     args = {"missing video": [str(tiny_art), "--video", str(tmp_path / "nope.mp4"), "--expr", "a dog"],
             "empty expression": [str(tiny_art), "--video", str(video), "--expr", " "],
             "not an artifact folder": [str(tmp_path), "--video", str(video), "--expr", "a dog"],
-            "unknown option": [str(tiny_art), "--video", str(video), "--expr", "a dog", "--fast"]}[case]
-    out = tmp_path / "out"
-    proc = subprocess.run([str(TOOL), *args, "--out", str(out)], capture_output=True, text=True)
+            "unknown option": [str(tiny_art), "--video", str(video), "--expr", "a dog", "--fast"],
+            "output folder of other files": [str(tiny_art), "--video", str(video), "--expr", "a dog"]}[case]
+    proc = _run_tool(*args, "--out", str(out))
     assert proc.returncode == 2
     assert proc.stderr.startswith("rvos-edge-run: error: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert not out.exists()
+    if case == "output folder of other files":
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["v.avi", *(["out"] if out.exists() else [])])
 
 
-def test_rvos_edge_run_writes_the_run_layout(tiny_art, tmp_path):
+def test_rvos_edge_run_writes_the_run_layout_as_one_unit(tiny_art, tmp_path):
     _native_built()
-    import cv2
-
-    video = tmp_path / "v.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (32, 24))
-    for i in range(5):
-        writer.write(np.full((24, 32, 3), 40 * i, np.uint8))
-    writer.release()
+    video = _video(tmp_path / "v.avi", 5)
     out = tmp_path / "out"
-    proc = subprocess.run([str(TOOL), str(tiny_art), "--video", str(video), "--expr", "a dog", "--expr", "The Cat!",
-                           "--out", str(out)], capture_output=True, text=True)
+    proc = _run_tool(str(tiny_art), "--video", str(video), "--expr", "a dog", "--expr", "The Cat!", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 5 and summary["fps"]["end_to_end"] > 0
@@ -200,6 +210,13 @@ def test_rvos_edge_run_writes_the_run_layout(tiny_art, tmp_path):
     assert (out / "overlay.mp4").stat().st_size > 0
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
+    # a second run replaces the first, its stale files and all
+    proc = _run_tool(str(tiny_art), "--video", str(video), "--expr", "a dog", "--max-frames", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["00000.png", "00001.png"]
+    assert json.loads((out / "summary.json").read_text())["frames"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "v.avi"]
+
 
 def test_tokenizer_cases_file_is_current():
     spec = importlib.util.spec_from_file_location("native_fixtures", REPO / "native" / "tests" / "fixtures.py")
@@ -207,3 +224,23 @@ def test_tokenizer_cases_file_is_current():
     spec.loader.exec_module(fixtures)
     assert json.loads(CASES.read_text(encoding="utf-8")) == fixtures.tokenizer_cases(), (
         f"{CASES} is stale: python native/tests/fixtures.py tokenizer-cases {CASES}")
+
+
+def test_rvos_edge_run_stops_between_frames_on_sigterm(tiny_art, tmp_path):
+    _native_built()
+    import signal
+    import time
+
+    video = _video(tmp_path / "v.avi", 3000)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(TOOL), str(tiny_art), "--video", str(video), "--expr", "a dog", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob(".out.staging-*/masks/00010.png")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and 10 <= summary["frames"] < 3000
+    assert summary["stopped_at"] == summary["frames"] == len(list((out / "masks").iterdir()))

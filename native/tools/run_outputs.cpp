@@ -1,25 +1,23 @@
 #include "run_outputs.hpp"
 
 #include <array>
-#include <cctype>
 #include <chrono>
-#include <cerrno>
+#include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <unistd.h>
 
 namespace rvos_edge::run {
 namespace {
 
-const std::array<cv::Vec3f, 6> kColoursBgr = {cv::Vec3f(0, 255, 0),   cv::Vec3f(0, 0, 255),   cv::Vec3f(255, 0, 0),
-                                              cv::Vec3f(0, 255, 255), cv::Vec3f(255, 0, 255), cv::Vec3f(255, 255, 0)};
+const std::array<cv::Scalar, 6> kColoursBgr = {cv::Scalar(0, 255, 0),   cv::Scalar(0, 0, 255),
+                                               cv::Scalar(255, 0, 0),   cv::Scalar(0, 255, 255),
+                                               cv::Scalar(255, 0, 255), cv::Scalar(255, 255, 0)};
 const char* const kOverlayName = "overlay.mp4";
 
-std::string strip_dashes(std::string s) {
+std::string strip_dashes(const std::string& s) {
     const size_t begin = s.find_first_not_of('-');
     if (begin == std::string::npos) return "";
     return s.substr(begin, s.find_last_not_of('-') - begin + 1);
@@ -30,8 +28,8 @@ std::string strip_dashes(std::string s) {
 std::string slug(const std::string& text) {
     std::string s;
     for (unsigned char c : text) {
-        const bool keep = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z');
-        if (keep) s.push_back(static_cast<char>(std::tolower(c)));
+        if (c >= 'A' && c <= 'Z') c = static_cast<unsigned char>(c - 'A' + 'a');
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) s.push_back(static_cast<char>(c));
         else if (s.empty() || s.back() != '-') s.push_back('-');
     }
     s = strip_dashes(strip_dashes(s).substr(0, 40));
@@ -42,21 +40,19 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// The frame with mask k blended half-and-half with colour k, in float32 then truncated as numpy does.
-cv::Mat overlay(const cv::Mat& frame, const std::vector<cv::Mat>& masks) {
-    cv::Mat out = frame.clone();
-    for (size_t k = 0; k < masks.size(); ++k) {
-        const cv::Vec3f colour = kColoursBgr[k % kColoursBgr.size()];
-        for (int y = 0; y < out.rows; ++y) {
-            const uint8_t* m = masks[k].ptr<uint8_t>(y);
-            cv::Vec3b* p = out.ptr<cv::Vec3b>(y);
-            for (int x = 0; x < out.cols; ++x)
-                if (m[x])
-                    for (int c = 0; c < 3; ++c)
-                        p[x][c] = static_cast<uint8_t>(0.5f * static_cast<float>(p[x][c]) + 0.5f * colour[c]);
+// The palette colour farthest from the mean of the frame's pixels under `mask` (Python's contrasting_colour).
+cv::Scalar contrasting_colour(const cv::Mat& frame, const cv::Mat& mask) {
+    const cv::Scalar mean = cv::mean(frame, mask);
+    size_t best = 0;
+    double best_distance = -1;
+    for (size_t k = 0; k < kColoursBgr.size(); ++k) {
+        const double d = cv::norm(kColoursBgr[k] - mean);
+        if (d > best_distance) {
+            best = k;
+            best_distance = d;
         }
     }
-    return out;
+    return kColoursBgr[best];
 }
 
 std::string frame_name(int64_t index) {
@@ -74,42 +70,39 @@ std::vector<std::string> mask_folders(const std::vector<std::string>& expression
     return folders;
 }
 
-void prepare_out(const std::filesystem::path& out) {
-    std::error_code error;
-    std::filesystem::create_directories(out, error);
-    std::string probe = (out / ".probe.XXXXXX").string();
-    const int fd = error ? -1 : mkstemp(probe.data());
-    if (fd < 0)
-        throw Error(ErrorKind::invalid_argument, "cannot write to output folder " + out.string() + ": " +
-                                                     (error ? error.message() : std::string(std::strerror(errno))));
-    close(fd);
-    unlink(probe.c_str());
+void write_file(const std::filesystem::path& path, const std::string& bytes) {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!f) throw Error(ErrorKind::invalid_argument, "cannot write " + path.string());
 }
 
-void atomic_write(const std::filesystem::path& path, const std::string& bytes) {
-    const std::filesystem::path tmp = path.parent_path() / ("." + path.filename().string() + ".partial");
-    {
-        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-        f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-        if (!f) throw Error(ErrorKind::invalid_argument, "cannot write " + path.string());
+cv::Mat overlay(const cv::Mat& frame, const std::vector<cv::Mat>& masks) {
+    cv::Mat out = frame.clone();
+    const int thickness = std::max(1, static_cast<int>(std::nearbyint(std::min(frame.rows, frame.cols) / 160.0)));
+    for (const cv::Mat& mask : masks) {
+        if (cv::countNonZero(mask) == 0) continue;
+        const cv::Scalar colour = contrasting_colour(frame, mask);
+        for (int y = 0; y < out.rows; ++y) {
+            const uint8_t* m = mask.ptr<uint8_t>(y);
+            cv::Vec3b* p = out.ptr<cv::Vec3b>(y);
+            for (int x = 0; x < out.cols; ++x)
+                if (m[x])
+                    for (int c = 0; c < 3; ++c) p[x][c] = static_cast<uint8_t>(0.5 * p[x][c] + 0.5 * colour[c]);
+        }
     }
-    std::filesystem::rename(tmp, path);
+    for (size_t k = 0; k < masks.size(); ++k) {
+        std::vector<std::vector<cv::Point>> contours;
+        cv::findContours(masks[k], contours, cv::RETR_EXTERNAL, cv::CHAIN_APPROX_NONE);
+        cv::drawContours(out, contours, -1, kColoursBgr[k % kColoursBgr.size()], thickness);
+    }
+    return out;
 }
 
-Outputs::Outputs(std::filesystem::path out, const std::vector<std::string>& folders, double fps)
-    : out_(std::move(out)), partial_(out_ / ".overlay.partial.mp4"), fps_(fps), nonempty_(folders.size(), 0),
-      masks_(folders.size()) {
+Outputs::Outputs(std::filesystem::path folder, const std::vector<std::string>& folders, double fps)
+    : folder_(std::move(folder)), fps_(fps), nonempty_(folders.size(), 0), masks_(folders.size()) {
     for (const std::string& f : folders) {
-        dirs_.push_back(out_ / f);
+        dirs_.push_back(folder_ / f);
         std::filesystem::create_directories(dirs_.back());
-    }
-}
-
-Outputs::~Outputs() {
-    if (writer_.isOpened()) {
-        writer_.release();
-        std::error_code ignored;
-        std::filesystem::remove(partial_, ignored);
     }
 }
 
@@ -121,7 +114,7 @@ void Outputs::add_results(size_t k, const std::vector<Result>& results) {
         std::vector<uint8_t> png;
         if (!cv::imencode(".png", r.mask, png))
             throw Error(ErrorKind::backend, "cannot encode the mask of frame " + std::to_string(r.index) + " as PNG");
-        atomic_write(dirs_[k] / (frame_name(r.index) + ".png"), std::string(png.begin(), png.end()));
+        write_file(dirs_[k] / (frame_name(r.index) + ".png"), std::string(png.begin(), png.end()));
         masks_[k][r.index] = r.mask;
         nonempty_[k] += cv::countNonZero(r.mask) > 0;
     }
@@ -146,10 +139,10 @@ void Outputs::write_overlays() {
         frames_.erase(next_);
         if (!writer_.isOpened()) {
             size_ = image.size();
-            writer_.open(partial_.string(), cv::VideoWriter::fourcc('m', 'p', '4', 'v'), fps_, size_);
+            const auto path = folder_ / kOverlayName;
+            writer_.open(path.string(), cv::VideoWriter::fourcc('m', 'p', '4', 'v'), fps_, size_);
             if (!writer_.isOpened())
-                throw Error(ErrorKind::backend,
-                            "cannot write " + (out_ / kOverlayName).string() + ": OpenCV has no mp4v encoder here");
+                throw Error(ErrorKind::backend, "cannot write " + path.string() + ": OpenCV has no mp4v encoder here");
         }
         if (image.size() != size_) cv::resize(image, image, size_, 0, 0, cv::INTER_AREA);
         writer_.write(image);
@@ -158,11 +151,6 @@ void Outputs::write_overlays() {
     write_s_ += seconds_since(t0);
 }
 
-void Outputs::finish() {
-    if (writer_.isOpened()) {
-        writer_.release();
-        std::filesystem::rename(partial_, out_ / kOverlayName);
-    }
-}
+void Outputs::finish() { writer_.release(); }
 
 }  // namespace rvos_edge::run

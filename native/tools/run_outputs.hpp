@@ -1,7 +1,8 @@
-// What rvos-edge-run writes, in the layout of `rvos-edge run` (rvos_edge/runtime/run.py):
-// OUT/masks[/<k>_<slug>]/<frame>.png (8-bit, 255 inside the mask), OUT/overlay.mp4 (the frames
-// with each expression's mask blended in, mp4v, at the first frame's size) and OUT/summary.json.
-// Every file is written to a temporary name in OUT and renamed when complete.
+// What rvos-edge-run writes into its output folder (OutputFolder's staging folder), in the layout
+// of `rvos-edge run` (rvos_edge/runtime/run.py): masks[/<k>_<slug>]/<frame>.png (8-bit, 255
+// inside the mask), overlay.mp4 (mp4v, at the first frame's size: each mask tinted half-and-half
+// in the palette colour farthest from the mean of the pixels under it, then outlined in its own
+// colour) and, by the caller, summary.json.
 #pragma once
 
 #include <filesystem>
@@ -19,27 +20,26 @@ namespace rvos_edge::run {
 // Mask folder of each expression, relative to OUT: "masks" for one, "masks/<k>_<slug>" for several.
 std::vector<std::string> mask_folders(const std::vector<std::string>& expressions);
 
-// Create OUT and prove a file can be written in it; an Error otherwise.
-void prepare_out(const std::filesystem::path& out);
+// Write `bytes` to `path`; an Error when it cannot.
+void write_file(const std::filesystem::path& path, const std::string& bytes);
 
-// Write `bytes` to `path` through a temporary file in the same folder.
-void atomic_write(const std::filesystem::path& path, const std::string& bytes);
+// The overlay frame of `frame` (BGR) and the masks of each expression (CV_8UC1, nonzero inside).
+cv::Mat overlay(const cv::Mat& frame, const std::vector<cv::Mat>& masks);
 
 class Outputs {
 public:
-    Outputs(std::filesystem::path out, const std::vector<std::string>& folders, double fps);
-    ~Outputs();  // drops a partial overlay unless finish() ran
+    Outputs(std::filesystem::path folder, const std::vector<std::string>& mask_folders, double fps);
 
     void add_frame(int64_t index, const cv::Mat& frame);
     void add_results(size_t expression, const std::vector<Result>& results);
     void write_overlays();  // overlay frames whose masks are all in, in frame order
-    void finish();          // close the overlay and move it to its final name
+    void finish();          // close the overlay video
 
     double write_s() const { return write_s_; }
     const std::vector<long>& nonempty() const { return nonempty_; }
 
 private:
-    std::filesystem::path out_, partial_;
+    std::filesystem::path folder_;
     std::vector<std::filesystem::path> dirs_;
     double fps_;
     double write_s_ = 0;

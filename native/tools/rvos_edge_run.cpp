@@ -1,8 +1,12 @@
 // rvos-edge-run DIR --video PATH --expr TEXT --out OUT: `rvos-edge run` for a video, natively.
-// The same outputs (run_outputs.hpp) and summary.json fields as rvos_edge/runtime/run.py; bad
-// input is one line on stderr and exit code 2, before anything is written. A video that stops
-// early still gets its masks, overlay and summary, then exit 2.
+// The same outputs (run_outputs.hpp), written as one unit (output_folder.hpp), and the same
+// summary.json fields as rvos_edge/runtime/run.py. Bad input is one line on stderr and exit
+// code 2, before anything is written. A video that stops early still gets its masks, overlay
+// and summary, then exit 2. Ctrl-C or SIGTERM stops the loop between two frames: the frames
+// read so far are finished, then exit 130; a second signal ends the process at once, leaving
+// OUT as it was.
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 
@@ -12,6 +16,7 @@
 
 #include "rvos_edge/segmenter.hpp"
 #include "rvos_edge/tokenizer.hpp"
+#include "output_folder.hpp"
 #include "run_arguments.hpp"
 #include "run_outputs.hpp"
 #include "video_frames.hpp"
@@ -20,6 +25,17 @@ namespace rvos_edge::run {
 namespace {
 
 constexpr double kDefaultFps = 10.0;
+constexpr const char* kSummaryName = "summary.json";
+
+volatile std::sig_atomic_t stop_signal = 0;
+
+void on_signal(int signal) {
+    if (stop_signal) {  // the second one: abandon the run
+        std::signal(signal, SIG_DFL);
+        std::raise(signal);
+    }
+    stop_signal = signal;
+}
 
 // While alive, what native code writes to stderr (FFmpeg's and OpenCV's log lines) goes to
 // /dev/null: failures come back as one-line errors instead.
@@ -70,17 +86,20 @@ int run(const Arguments& args) {
                       << "-token context, its end is ignored: '" << text << "'\n";
     }
     const std::filesystem::path out(args.out);
-    prepare_out(out);
+    OutputFolder folder(out, kSummaryName);
+    const std::filesystem::path staging = folder.staging();
 
     const std::vector<std::string> folders = mask_folders(args.expressions);
-    Outputs outputs(out, folders, source->fps() > 0 ? source->fps() : kDefaultFps);
+    Outputs outputs(staging, folders, source->fps() > 0 ? source->fps() : kDefaultFps);
     double decode_s = 0;
     long n = 0;
     std::string error;
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
     const auto t_start = std::chrono::steady_clock::now();
     {
         QuietStderr quiet;
-        while (!args.max_frames || n < *args.max_frames) {
+        while ((!args.max_frames || n < *args.max_frames) && !stop_signal) {
             const auto t0 = std::chrono::steady_clock::now();
             std::optional<cv::Mat> frame;
             try {
@@ -130,14 +149,22 @@ int run(const Arguments& args) {
     if (!error.empty()) {
         summary["stopped_at"] = n;
         summary["error"] = error;
+    } else if (stop_signal) {
+        summary["stopped_at"] = n;
+        summary["interrupted"] = true;
     }
-    atomic_write(out / "summary.json", summary.dump(2) + "\n");
+    write_file(staging / kSummaryName, summary.dump(2) + "\n");
+    folder.commit();
     std::printf("rvos-edge-run: %ld frames x %zu expression(s), %.1f fps end-to-end (%.1f fps engine), %s %s -> %s\n", n,
                 args.expressions.size(), fps_end_to_end, fps_engine, first.backend().name().c_str(),
                 first.backend().precision().c_str(), out.string().c_str());
     if (!error.empty())
         throw DecodeError(error + "; the " + std::to_string(n) + " frames before it are kept, see " +
-                          (out / "summary.json").string());
+                          (out / kSummaryName).string());
+    if (stop_signal) {
+        std::cerr << "rvos-edge-run: interrupted after " << n << " frames (outputs complete for those)\n";
+        return 130;
+    }
     return 0;
 }
 
