@@ -103,7 +103,8 @@ def cpu_flags() -> list[str]:
 def markdown(result: dict) -> str:
     env = result["environment"]
     lines = [f"# rvos-edge-run (C++) against rvos-edge run (Python) on {result['machine']}", "",
-             f"{env['cpu_model']}, {env['usable_cores']} cores; CPU flags: {', '.join(result['cpu_flags'])}.",
+             f"{env['cpu_model']}, {env['usable_cores']} cores (load average {env['load_average_1m']:.1f} at the start: "
+             "the machine is shared); CPU flags: " + ", ".join(result["cpu_flags"]) + ".",
              f"One {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} mp4v video of {result['frames']} frames, one expression, "
              f"ONNX Runtime {env['libraries'].get('onnxruntime')} on the CPU; median of {result['rounds']} "
              "interleaved rounds, each run a fresh process.", "",
