@@ -9,7 +9,7 @@
 #include "rvos_edge/segmenter.hpp"
 #include "test_support.hpp"
 
-using rvos_edge::testing::scratch_copy;
+using rvos_edge::testing::ScratchCopy;
 
 namespace {
 
@@ -40,47 +40,54 @@ TEST(Manifest, TheExportLoads) {
 }
 
 TEST(Manifest, WrongSha256) {
-    const auto dir = scratch_copy("tiny");
+    const ScratchCopy copy("tiny");
+    const auto& dir = copy.path();
     std::ofstream(dir / "text_encoder.onnx", std::ios::app) << "x";
     EXPECT_EQ(manifest_error(dir),
               "text_encoder.onnx does not match its sha256 in the manifest (changed or corrupt): re-export the folder");
 }
 
 TEST(Manifest, WrongFormatVersion) {
-    const auto dir = scratch_copy("tiny");
+    const ScratchCopy copy("tiny");
+    const auto& dir = copy.path();
     edit_manifest(dir, [](nlohmann::json& m) { m["format_version"] = 2; });
     EXPECT_EQ(manifest_error(dir), "artifact format version 2 but this rvos-edge reads version 1: "
                                    "re-export with this version of rvos-edge");
 }
 
 TEST(Manifest, MissingFile) {
-    const auto dir = scratch_copy("tiny");
+    const ScratchCopy copy("tiny");
+    const auto& dir = copy.path();
     std::filesystem::remove(dir / "clip_model.onnx");
     EXPECT_EQ(manifest_error(dir), "clip_model.onnx is listed in " + (dir / "manifest.json").string() +
                                        " but missing from the folder");
 }
 
 TEST(Manifest, MissingManifestAndFolder) {
-    const auto dir = scratch_copy("tiny");
+    const ScratchCopy copy("tiny");
+    const auto& dir = copy.path();
     std::filesystem::remove(dir / "manifest.json");
     EXPECT_NE(manifest_error(dir).find("no manifest.json in"), std::string::npos);
     EXPECT_NE(manifest_error(dir / "nowhere").find("is not a folder"), std::string::npos);
 }
 
 TEST(Manifest, ContractTensorsAreChecked) {
-    const auto dir = scratch_copy("tiny");
+    const ScratchCopy copy("tiny");
+    const auto& dir = copy.path();
     edit_manifest(dir, [](nlohmann::json& m) { m["graphs"]["clip_model"]["inputs"][0]["dtype"] = "float32"; });
     EXPECT_NE(manifest_error(dir).find("manifest graph clip_model has inputs"), std::string::npos);
 }
 
 TEST(Manifest, OtherTokenizerVocabulary) {
-    const auto dir = scratch_copy("tiny");
+    const ScratchCopy copy("tiny");
+    const auto& dir = copy.path();
     edit_manifest(dir, [](nlohmann::json& m) { m["tokenizer_vocab_sha256"] = std::string(64, '0'); });
     EXPECT_NE(manifest_error(dir).find("another tokenizer vocabulary"), std::string::npos);
 }
 
 TEST(Manifest, CorruptOnnxIsAnArtifactsError) {
-    const auto dir = scratch_copy("tiny");
+    const ScratchCopy copy("tiny");
+    const auto& dir = copy.path();
     std::ofstream(dir / "clip_model.onnx", std::ios::trunc) << "not onnx";
     edit_manifest(dir, [&](nlohmann::json& m) { m["files"]["clip_model.onnx"] = rvos_edge::sha256_file(dir / "clip_model.onnx"); });
     try {

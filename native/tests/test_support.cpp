@@ -9,11 +9,15 @@ namespace rvos_edge::testing {
 
 std::filesystem::path fixture(const std::string& name) { return std::filesystem::path(RVOS_EDGE_FIXTURES) / name; }
 
-std::filesystem::path scratch_copy(const std::string& name) {
-    const auto dir = std::filesystem::temp_directory_path() / ("rvos_edge_test_" + std::to_string(getpid()) + "_" + name);
-    std::filesystem::remove_all(dir);
-    std::filesystem::copy(fixture(name), dir, std::filesystem::copy_options::recursive);
-    return dir;
+ScratchCopy::ScratchCopy(const std::string& name)
+    : path_(std::filesystem::temp_directory_path() / ("rvos_edge_test_" + std::to_string(getpid()) + "_" + name)) {
+    std::filesystem::remove_all(path_);
+    std::filesystem::copy(fixture(name), path_, std::filesystem::copy_options::recursive);
+}
+
+ScratchCopy::~ScratchCopy() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
 }
 
 cv::Mat random_frame(int height, int width, uint64_t seed) {

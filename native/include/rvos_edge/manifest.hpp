@@ -55,7 +55,7 @@ struct GraphSpec {
     std::vector<TensorSpec> outputs;
 };
 
-struct Manifest {
+struct RVOS_EDGE_API Manifest {
     std::filesystem::path folder;
     ModelConfig config;
     int clip_len_min = 0, clip_len_max = 0;   // clip lengths the clip graph accepts
