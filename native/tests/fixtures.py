@@ -152,7 +152,8 @@ def main() -> None:
     elif args.command == "compare":
         compare_runs(args.python_run, args.native_run)
     else:
-        args.out.write_text(json.dumps(tokenizer_cases(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        lines = (json.dumps(case, ensure_ascii=False) for case in tokenizer_cases())
+        args.out.write_text("[\n" + ",\n".join(lines) + "\n]\n", encoding="utf-8")   # one case a line
 
 
 if __name__ == "__main__":
