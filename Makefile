@@ -1,5 +1,6 @@
 # `make demo` and `make test` set up .venv on a fresh machine (python3 + pip only), then
-# run the demo (the shipped demo checkpoint, ONNX Runtime on the CPU) or the test suite.
+# run the demo (the shipped demo checkpoint, ONNX Runtime on the CPU) or the test suite;
+# `make test` also builds the native runtime (`make native`, Debian packages through apt-get).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
