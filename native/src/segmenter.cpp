@@ -79,7 +79,12 @@ struct Segmenter::State {
             std::copy_n(frames.begin() + static_cast<std::ptrdiff_t>((n - 1) * bytes), bytes,
                         frames.begin() + static_cast<std::ptrdiff_t>(i * bytes));
         auto t0 = std::chrono::steady_clock::now();
-        backend->run_clip(frames.data(), clip_len, text, logits);
+        try {
+            backend->run_clip(frames.data(), clip_len, text, logits);
+        } catch (...) {
+            sizes.clear();  // the clip is dropped, so the next push starts a new one
+            throw;
+        }
         timings.engine_s += seconds_since(t0);
         timings.clips += 1;
 

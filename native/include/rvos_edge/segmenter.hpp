@@ -18,7 +18,8 @@
 // - Mask logits are upsampled bilinearly (cv::resize INTER_LINEAR, half-pixel centres) to each
 //   frame's own size; mask = logit > 0; score = mean sigmoid probability inside the mask, 0 if empty.
 // - index counts frames since open or the last reset, from 0; set_expression does not restart it.
-// Every failure is a rvos_edge::Error with one line saying what is wrong.
+// Every failure is a rvos_edge::Error with one line saying what is wrong; when the engine fails on
+// a clip, that clip's frames are dropped and the stream goes on with the next frame.
 #pragma once
 
 #include <cstdint>
