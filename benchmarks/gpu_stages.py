@@ -170,7 +170,7 @@ def _random_tokens(batch: int, words: int = 6, seed: int = 0):
     """[B, 77] rows [SOS, `words` random word ids, EOS, 0 ...]: text for timing, no tokenizer needed."""
     import torch
 
-    from rvos_edge.model.tokenizer import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN
+    from rvos_edge.tokenizer import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN
 
     g = torch.Generator().manual_seed(seed)
     tokens = torch.zeros(batch, CONTEXT_LENGTH, dtype=torch.int64)

@@ -29,10 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import load_manifest
-from rvos_edge.export.trt_manifest import engine_entries
+from rvos_edge.artifacts.manifest import load_manifest
+from rvos_edge.artifacts.tensorrt import engine_entries
 from rvos_edge.fileio import atomic_write_bytes
-from rvos_edge.runtime.backends import Engines, open_engines
+from rvos_edge.engines import Engines, open_engines
 from rvos_edge.runtime.pipeline import prepare_frame
 
 BACKENDS = ("ort", "trt")
@@ -89,7 +89,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def check_inputs(config: Any, clip_len: int, clips: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """(tokens [1, 77], `clips` frame batches [1, Tc, S, S, 3]) from synthetic video `seed` (looped if short)."""
     from rvos_edge.data.synthetic import generate
-    from rvos_edge.model.tokenizer import tokenize_for_prompts
+    from rvos_edge.tokenizer import tokenize_for_prompts
 
     sample = generate(seed, 0)
     idx = np.arange(clips * clip_len) % sample.num_frames
@@ -147,7 +147,7 @@ def check_folder(folder: str | os.PathLike[str], backends: Sequence[str] | None 
     rows = []
     for backend, precision in candidates:
         if backend == "trt":
-            from rvos_edge.runtime.backends import tensorrt as trt_backend
+            from rvos_edge.engines.trt import runner as trt_backend
 
             try:
                 trt_backend.import_tensorrt()

@@ -389,7 +389,7 @@ def _add_build(p: argparse.ArgumentParser) -> None:
 
 def _run_build(args: argparse.Namespace) -> int:
     if args.backend == "trt":
-        from rvos_edge.export.tensorrt_build import build_engines
+        from rvos_edge.engines.trt.build import build_engines
         if args.calib and args.precision == "int8":
             from rvos_edge.calib.int8 import calibrate
             print(calibrate(args.path, args.calib, method=args.method, samples=args.samples,

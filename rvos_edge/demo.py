@@ -35,7 +35,7 @@ SOURCE_FILE = "source.sha256"
 
 def _artifacts(checkpoint: Path, out: Path) -> tuple[Path, float]:
     """OUT/artifacts exported from `checkpoint` (reused when already done); the seconds it took."""
-    from rvos_edge.export.manifest import MANIFEST_NAME
+    from rvos_edge.artifacts.manifest import MANIFEST_NAME
     from rvos_edge.export.onnx_export import export_artifacts
 
     folder, digest = out / "artifacts", sha256_file(checkpoint)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rvos_edge.model.tokenizer import tokenize_for_prompts
+from rvos_edge.tokenizer import tokenize_for_prompts
 
 
 @pytest.fixture(scope="session")

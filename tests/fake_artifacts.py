@@ -22,8 +22,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from rvos_edge.config import ModelConfig, get_config
-from rvos_edge.export.manifest import Manifest, expected_graphs, hash_files, write_manifest
-from rvos_edge.model.tokenizer import vocab_sha256
+from rvos_edge.artifacts.manifest import Manifest, expected_graphs, hash_files, write_manifest
+from rvos_edge.tokenizer import vocab_sha256
 
 TINY = get_config("tiny")
 _ONNX_TYPES = {"bool": TensorProto.BOOL, "uint8": TensorProto.UINT8, "int64": TensorProto.INT64,

@@ -21,7 +21,7 @@ from rvos_edge.cli import main
 from rvos_edge.data import SyntheticDataset
 from rvos_edge.errors import UserError
 from rvos_edge.eval.evaluate import segment
-from rvos_edge.export.manifest import load_manifest
+from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.runtime import Segmenter, open_engines
 from rvos_edge.runtime.pipeline import prepare_frame
 

@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_frames, make_tokens
 from rvos_edge.config import ModelConfig, get_config
-from rvos_edge.model.tokenizer import tokenize
+from rvos_edge.tokenizer import tokenize
 
 EXPRS = ["the red circle moving left", "a square on the right"]
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import make_frames
 from rvos_edge.model import TextFeatures, build_model
-from rvos_edge.model.tokenizer import EOT_TOKEN, SOT_TOKEN
+from rvos_edge.tokenizer import EOT_TOKEN, SOT_TOKEN
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

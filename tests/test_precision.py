@@ -16,7 +16,7 @@ from rvos_edge.calib.graph import module_path
 from rvos_edge.cli import main
 from rvos_edge.data import SyntheticDataset
 from rvos_edge.eval.evaluate import segment
-from rvos_edge.export.manifest import load_manifest
+from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.runtime import Segmenter
 
 FP32_KEPT = {"LayerNormalization", "Softmax", "InstanceNormalization", "ReduceSum", "ReduceL2"}

@@ -12,10 +12,10 @@ import pytest
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import expected_graphs
+from rvos_edge.artifacts.manifest import expected_graphs
 from rvos_edge.fileio import sha256_file
 from rvos_edge.runtime import Runner, Segmenter, open_engines
-from rvos_edge.runtime.backends.ort import resolve_providers
+from rvos_edge.engines.ort.runner import resolve_providers
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_resolve_clip_len(art: Path, clip_len, requested, expected) -> None:
 def test_torch_backend_matches_the_model(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from rvos_edge.model import TextFeatures, build_model, save_checkpoint
-    from rvos_edge.model.tokenizer import tokenize_for_prompts
+    from rvos_edge.tokenizer import tokenize_for_prompts
 
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(build_model("tiny", seed=3), ckpt)

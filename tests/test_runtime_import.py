@@ -17,8 +17,8 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_imports_do_not_import_torch() -> None:
-    p = _python("import sys, rvos_edge, rvos_edge.runtime, rvos_edge.export, rvos_edge.export.manifest, "
-                "rvos_edge.runtime.backends.ort, rvos_edge.runtime.backends.pytorch, rvos_edge.runtime.run\n"
+    p = _python("import sys, rvos_edge, rvos_edge.runtime, rvos_edge.export, rvos_edge.artifacts.manifest, "
+                "rvos_edge.engines.ort.runner, rvos_edge.engines.torch.runner, rvos_edge.runtime.run\n"
                 "from rvos_edge import Segmenter\n"
                 "assert Segmenter is rvos_edge.runtime.Segmenter\n"
                 "assert 'torch' not in sys.modules, 'torch imported'")

@@ -17,15 +17,15 @@ from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 from fake_tensorrt import FakeCudart, FakeEngine, FakeTrt
 from rvos_edge.cli import main
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import (CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, ManifestError, expected_graphs,
+from rvos_edge.artifacts.manifest import (CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, ManifestError, expected_graphs,
                                        hash_files, load_manifest, write_manifest)
-from rvos_edge.export.trt_manifest import (EngineEntry, GpuInfo, check_engine_compat, engine_entries, engine_entry,
+from rvos_edge.artifacts.tensorrt import (EngineEntry, GpuInfo, check_engine_compat, engine_entries, engine_entry,
                                            engine_file, plugin_graph_file, with_engines)
-from rvos_edge.export.trt_plan import profile_shapes
+from rvos_edge.engines.trt.plan import profile_shapes
 from rvos_edge.runtime import Segmenter, open_engines
-from rvos_edge.runtime.backends import Engines
-from rvos_edge.runtime.backends import tensorrt as trt_backend
-from rvos_edge.runtime.backends.tensorrt import TrtRunner, device_index
+from rvos_edge.engines import Engines
+from rvos_edge.engines.trt import runner as trt_backend
+from rvos_edge.engines.trt.runner import TrtRunner, device_index
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TRT = __import__("importlib").util.find_spec("tensorrt") is not None
@@ -151,8 +151,8 @@ def test_build_without_tensorrt_exits_2_with_the_install_command(art: Path, caps
 
 
 def test_runtime_imports_neither_torch_nor_tensorrt() -> None:
-    code = ("import sys, rvos_edge.runtime, rvos_edge.runtime.backends.tensorrt, rvos_edge.check, "
-            "rvos_edge.export.trt_plan, rvos_edge.export.trt_manifest, rvos_edge.export.tensorrt_build\n"
+    code = ("import sys, rvos_edge.runtime, rvos_edge.engines.trt.runner, rvos_edge.check, "
+            "rvos_edge.engines.trt.plan, rvos_edge.artifacts.tensorrt, rvos_edge.engines.trt.build\n"
             "assert 'torch' not in sys.modules and 'tensorrt' not in sys.modules, sorted(sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO)})

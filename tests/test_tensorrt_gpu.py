@@ -17,11 +17,11 @@ pytest.importorskip("cuda", reason="cuda-python is not installed (pip install 'r
 
 from rvos_edge.cli import main  # noqa: E402
 from rvos_edge.errors import UserError  # noqa: E402
-from rvos_edge.export.manifest import load_manifest, write_manifest  # noqa: E402
-from rvos_edge.export.trt_plan import TrtVersion  # noqa: E402
+from rvos_edge.artifacts.manifest import load_manifest, write_manifest  # noqa: E402
+from rvos_edge.engines.trt.plan import TrtVersion  # noqa: E402
 from rvos_edge.model import build_model, save_checkpoint  # noqa: E402
 from rvos_edge.runtime import Segmenter, open_engines  # noqa: E402
-from rvos_edge.runtime.backends.tensorrt import cuda_runtime  # noqa: E402
+from rvos_edge.engines.trt.runner import cuda_runtime  # noqa: E402
 
 
 def _gpu_count() -> int:
@@ -114,7 +114,7 @@ def test_plugin_engines_match_onnx_runtime(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(VERSION.python_plugins is None, reason=f"TensorRT {VERSION} has no Python plugins (needs >= 10.6)")
 def test_plugin_is_registered() -> None:
-    from rvos_edge.export.plugin import register_plugin
+    from rvos_edge.export.plugin_graph import register_plugin
 
     register_plugin(aot=VERSION.python_plugins == "aot")
     names = {(c.name, c.plugin_namespace) for c in tensorrt.get_plugin_registry().all_creators}

@@ -9,9 +9,9 @@ import pytest
 
 from fake_artifacts import TINY, make_fake_artifacts
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import hash_files, load_manifest, write_manifest
-from rvos_edge.export.trt_manifest import plugin_section
-from rvos_edge.export.trt_plan import (ArtifactSet, GraphPlan, TrtVersion, calibration_cache_for, plan_build,
+from rvos_edge.artifacts.manifest import hash_files, load_manifest, write_manifest
+from rvos_edge.artifacts.tensorrt import plugin_section
+from rvos_edge.engines.trt.plan import (ArtifactSet, GraphPlan, TrtVersion, calibration_cache_for, plan_build,
                                        profile_shapes)
 
 BASE = {"text_encoder": "text_encoder.onnx", "clip_model": "clip_model.onnx"}

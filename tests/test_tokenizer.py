@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rvos_edge.errors import UserError
-from rvos_edge.model import tokenizer
-from rvos_edge.model.tokenizer import (
+from rvos_edge import tokenizer
+from rvos_edge.tokenizer import (
     EOT_TOKEN,
     SOT_TOKEN,
     TokenizedText,
@@ -28,7 +28,7 @@ from rvos_edge.model.tokenizer import (
     vocab_sha256,
 )
 
-VOCAB = resources.files("rvos_edge.model").joinpath("assets").joinpath("bpe_simple_vocab_16e6.txt.gz")
+VOCAB = resources.files("rvos_edge").joinpath("assets").joinpath("bpe_simple_vocab_16e6.txt.gz")
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_no_room_is_a_user_error(num_prompts, context_length):
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, rvos_edge.model.tokenizer as t; t.tokenize('a dog'); assert 'torch' not in sys.modules"
+    code = "import sys, rvos_edge.tokenizer as t; t.tokenize('a dog'); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -198,7 +198,7 @@ def test_plain_ascii_skips_ftfy_with_the_same_ids(text, entity):
 
 def test_without_ftfy_plain_text_tokenizes_and_other_text_is_one_clear_error():
     code = ("import sys; sys.modules['ftfy'] = None\n"
-            "import rvos_edge.model.tokenizer as t\n"
+            "import rvos_edge.tokenizer as t\n"
             "print(t.tokenize('the red circle on the left')[0, :8].tolist())\n"
             "try:\n    t.tokenize('caf\\u00e9')\nexcept t.UserError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()

@@ -176,7 +176,7 @@ def test_hard_negatives_change_one_attribute_of_one_object_into_a_false_caption(
 
 
 def test_hard_negatives_join_only_the_image_to_text_side_of_the_loss():
-    from rvos_edge.model.tokenizer import tokenize
+    from rvos_edge.tokenizer import tokenize
     from rvos_edge.train.clip_pretrain import contrastive_loss, normalise
 
     torch.manual_seed(0)
@@ -237,7 +237,7 @@ def test_patch_shuffle_cosine_is_one_only_for_a_tower_blind_to_position():
 
 def test_text_encoder_ignores_what_follows_eos():
     from rvos_edge.model.clip import trim_padding
-    from rvos_edge.model.tokenizer import tokenize
+    from rvos_edge.tokenizer import tokenize
 
     torch.manual_seed(0)
     clip = build_model("tiny").clip
@@ -281,7 +281,7 @@ def test_train_command(tmp_path, capsys):
 
 def test_world_token_ids_cover_every_expression_and_caption():
     from rvos_edge.data import generate
-    from rvos_edge.model.tokenizer import tokenize
+    from rvos_edge.tokenizer import tokenize
     from rvos_edge.train.clip_pretrain import pairs, world_token_ids
 
     kept = set(world_token_ids().tolist())

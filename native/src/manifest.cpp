@@ -1,4 +1,4 @@
-// load_manifest: the checks of rvos_edge/export/manifest.py, with the same messages.
+// load_manifest: the checks of rvos_edge/artifacts/manifest.py, with the same messages.
 #include "rvos_edge/manifest.hpp"
 
 #include <algorithm>

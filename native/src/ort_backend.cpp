@@ -1,6 +1,6 @@
 // The ONNX Runtime backend: the two graphs of an artifact folder in two sessions, on the CPU or
 // on the CUDA / TensorRT execution providers when the linked onnxruntime has them (CPU stays the
-// fallback for nodes they do not take), as rvos_edge/runtime/backends/ort.py.
+// fallback for nodes they do not take), as rvos_edge/engines/ort/runner.py.
 #include <algorithm>
 #include <set>
 

@@ -1,4 +1,4 @@
-// CLIP BPE (see tokenizer.hpp), the algorithm of rvos_edge/model/tokenizer.py.
+// CLIP BPE (see tokenizer.hpp), the algorithm of rvos_edge/tokenizer.py.
 #include "rvos_edge/tokenizer.hpp"
 
 #include <algorithm>

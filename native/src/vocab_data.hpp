@@ -1,4 +1,4 @@
-// The bytes of rvos_edge/model/assets/bpe_simple_vocab_16e6.txt.gz, built into the library.
+// The bytes of rvos_edge/assets/bpe_simple_vocab_16e6.txt.gz, built into the library.
 #pragma once
 
 #include <string_view>

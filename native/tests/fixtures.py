@@ -45,12 +45,12 @@ TOKENIZER_TEXTS = [
 
 
 def tokenizer_cases() -> list[dict]:
-    """Each text with its ids from rvos_edge.model.tokenizer (context 77, 0 and 4 prompts) and
+    """Each text with its ids from rvos_edge.tokenizer (context 77, 0 and 4 prompts) and
     "unreproduced_ftfy": whether ftfy steps the native tokenizer does not reproduce change it
     (all but the HTML step, straight quotes and NFC; see native/include/rvos_edge/tokenizer.hpp)."""
     import ftfy
 
-    from rvos_edge.model.tokenizer import tokenize_for_prompts
+    from rvos_edge.tokenizer import tokenize_for_prompts
 
     cases = []
     for text in TOKENIZER_TEXTS:

@@ -16,10 +16,10 @@ import onnx
 import onnxruntime as ort
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import CLIP_MODEL, TEXT_ENCODER, Manifest, hash_files, load_manifest, write_manifest
+from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER, Manifest, hash_files, load_manifest, write_manifest
 from rvos_edge.fileio import atomic_write_bytes
-from rvos_edge.runtime.backends.base import Engines
-from rvos_edge.runtime.backends.ort import OrtRunner
+from rvos_edge.engines.base import Engines
+from rvos_edge.engines.ort.runner import OrtRunner
 
 _PROTOBUF_LIMIT = 2 * 1024 ** 3
 

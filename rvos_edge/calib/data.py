@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from rvos_edge.data import Dataset
 from rvos_edge.errors import UserError
-from rvos_edge.model.tokenizer import tokenize_for_prompts
-from rvos_edge.runtime.backends.base import Engines
+from rvos_edge.tokenizer import tokenize_for_prompts
+from rvos_edge.engines.base import Engines
 from rvos_edge.runtime.pipeline import prepare_frame
 
 

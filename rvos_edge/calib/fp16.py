@@ -36,8 +36,8 @@ from tqdm import tqdm
 from rvos_edge.calib.artifacts import add_variant, engines_from_models, open_folder, save_graph, variant_file
 from rvos_edge.calib.data import calibration_data
 from rvos_edge.data import SyntheticDataset
-from rvos_edge.export.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, Manifest
-from rvos_edge.runtime.backends import open_engines
+from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, Manifest
+from rvos_edge.engines import open_engines
 
 FP32_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization",
                       "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare",

@@ -40,7 +40,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-from rvos_edge.export.manifest import CLIP_MODEL, TEXT_ENCODER
+from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER
 
 GROUPS = ("text_encoder", "vision_q1", "vision_q2", "vision_q3", "vision_q4", "prtc", "vlff", "str", "head")
 _BLOCK = re.compile(r"^model\.clip\.visual\.transformer\.resblocks\.(\d+)(\.|$)")

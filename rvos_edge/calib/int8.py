@@ -63,8 +63,8 @@ from rvos_edge.calib.graph import fold_constants, matching, node_paths
 from rvos_edge.calib.stats import DEFAULT_TRT_VERSION, METHODS, ActivationStats, write_trt_cache
 from rvos_edge.data import open_dataset
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest
-from rvos_edge.runtime.backends import open_engines
+from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest
+from rvos_edge.engines import open_engines
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 DEFAULT_EXCLUDE = ("*/model.head.out/*",)

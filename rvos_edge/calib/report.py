@@ -46,10 +46,10 @@ from rvos_edge.data import Sample, open_dataset
 from rvos_edge.errors import UserError
 from rvos_edge.eval.evaluate import score_video, segment
 from rvos_edge.eval.metrics import region_similarity
-from rvos_edge.export.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, load_manifest
+from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, load_manifest
 from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.bench import cpu_model
-from rvos_edge.runtime.backends import Engines, open_engines
+from rvos_edge.engines import Engines, open_engines
 from rvos_edge.runtime.segmenter import Segmenter
 
 TARGET_DROP = {"fp16": 0.2, "int8": 1.0}

@@ -131,7 +131,7 @@ def run_eval(path: str, data: str, split: str | None = None, backend: str | None
     from rvos_edge.data import open_dataset
     from rvos_edge.fileio import atomic_write_bytes
     from rvos_edge.runtime import Segmenter
-    from rvos_edge.runtime.backends import default_backend
+    from rvos_edge.engines import default_backend
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")

@@ -1,6 +1,6 @@
 """Export: the PyTorch model to ONNX artifacts, their manifest, precision variants.
 
-`rvos_edge.export.manifest` describes an artifact folder and is read by the
+`rvos_edge.artifacts.manifest` describes an artifact folder and is read by the
 runtime, so it (and this package's ``__init__``) never imports torch; the
 exporter modules import torch themselves.
 """

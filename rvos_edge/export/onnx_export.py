@@ -6,7 +6,7 @@ How the graphs are made:
 - the prompt interaction is folded into constants and CF-MSA / PRTC run their
   `decomposed` / plain-attention forms, so the graphs hold standard ONNX ops only;
 - attention="plugin" also writes `clip_model.plugin.onnx`, the clip graph with one
-  CubeFrameAttention node per CF-MSA, for TensorRT only (`rvos_edge.export.plugin`);
+  CubeFrameAttention node per CF-MSA, for TensorRT only (`rvos_edge.export.plugin_graph`);
   the manifest names it under "tensorrt" and the decomposed graphs stay as they are;
 - `torch.onnx.export(..., dynamo=True)` traces each wrapper below with a dynamic
   batch "B" and, for a clip-length range, a dynamic "Tc". This exporter writes
@@ -40,12 +40,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import (CLIP_MODEL, MANIFEST_NAME, TEXT_ENCODER, GraphSpec, Manifest,
+from rvos_edge.artifacts.manifest import (CLIP_MODEL, MANIFEST_NAME, TEXT_ENCODER, GraphSpec, Manifest,
                                        expected_graphs, hash_files, producer_versions, token_runs, write_manifest)
 from rvos_edge.fileio import output_folder
 from rvos_edge.model.checkpoint import load_checkpoint
 from rvos_edge.model.text import TextFeatures, learnt_token_ids
-from rvos_edge.model.tokenizer import tokenize_for_prompts, vocab_sha256
+from rvos_edge.tokenizer import tokenize_for_prompts, vocab_sha256
 from rvos_edge.model.vlprvos import VLPRVOS
 
 OPSET = 18
@@ -217,8 +217,8 @@ def _export_into(staging: Path, model: VLPRVOS, lengths: tuple[int, int], attent
     steps.update()
     tensorrt = None
     if attention == "plugin":
-        from rvos_edge.export.plugin import PLUGIN_FILE, export_plugin_graph
-        from rvos_edge.export.trt_manifest import plugin_section
+        from rvos_edge.export.plugin_graph import PLUGIN_FILE, export_plugin_graph
+        from rvos_edge.artifacts.tensorrt import plugin_section
 
         export_plugin_graph(model, specs[CLIP_MODEL], sample, staging / PLUGIN_FILE, lengths)
         tensorrt = {"plugin": plugin_section(PLUGIN_FILE)}

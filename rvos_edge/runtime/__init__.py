@@ -6,7 +6,7 @@
 Importing this package (and running the ort backend) never imports torch; the
 torch backend imports it when a checkpoint is opened.
 """
-from rvos_edge.runtime.backends import BACKENDS, Engines, Runner, open_engines
+from rvos_edge.engines import BACKENDS, Engines, Runner, open_engines
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import ExpressionTruncatedWarning, Segmenter, SegmentResult
 

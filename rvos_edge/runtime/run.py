@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, make_folder, output_folder
-from rvos_edge.runtime.backends import Engines, default_backend, open_engines
+from rvos_edge.engines import Engines, default_backend, open_engines
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import ExpressionTruncatedWarning, Segmenter, SegmentResult
 from rvos_edge.runtime.video import DecodeError, FrameSource, open_source, prefetch

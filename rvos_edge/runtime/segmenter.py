@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import in_runs
-from rvos_edge.runtime.backends import Engines, open_engines
+from rvos_edge.artifacts.manifest import in_runs
+from rvos_edge.engines import Engines, open_engines
 from rvos_edge.runtime.pipeline import (LRUCache, StageTimes, check_frame, mask_and_score, prepare_frame,
                                         upsample_logits)
 
@@ -98,7 +98,7 @@ class Segmenter:
     @classmethod
     def open(cls, path: str | Path, backend: str = "ort", precision: str = "fp32", clip_len: int | None = None,
              **opts: Any) -> "Segmenter":
-        """Open an artifact folder (ort) or checkpoint (torch); `opts` go to the backend (see runtime.backends)."""
+        """Open an artifact folder (ort) or checkpoint (torch); `opts` go to the backend (see rvos_edge.engines)."""
         return cls(open_engines(path, backend, precision, **opts), clip_len)
 
     @property
@@ -173,7 +173,7 @@ class Segmenter:
         runs = self.engines.learnt_tokens
         if runs is None:
             return []
-        from rvos_edge.model.tokenizer import words_and_ids
+        from rvos_edge.tokenizer import words_and_ids
 
         unknown = [word for word, ids in words_and_ids(text) if not all(in_runs(i, runs) for i in ids)]
         return list(dict.fromkeys(unknown))
@@ -183,7 +183,7 @@ class Segmenter:
         cached = self._text_cache.get(text)
         if cached is not None:
             return cached
-        from rvos_edge.model.tokenizer import tokenize_for_prompts
+        from rvos_edge.tokenizer import tokenize_for_prompts
 
         t0 = time.perf_counter()
         tok = tokenize_for_prompts([text], self.config.language_prompts, self.config.context_length)

@@ -48,7 +48,7 @@ from rvos_edge.data.synthetic import COLOURS, RADIUS, SHAPES, SIZE, SceneObject,
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import make_folder
 from rvos_edge.model.clip import CLIP, CLIP_MEAN, CLIP_STD, load_openai_clip, trim_padding
-from rvos_edge.model.tokenizer import tokenize
+from rvos_edge.tokenizer import tokenize
 from rvos_edge.model.vlprvos import clip_arch
 from rvos_edge.runtime.pipeline import prepare_frame
 from rvos_edge.train.rvos import warmup_cosine

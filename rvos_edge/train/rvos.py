@@ -39,7 +39,7 @@ from rvos_edge.data import HELDOUT_SEED, Sample, generate, open_dataset
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import make_folder
 from rvos_edge.model import VLPRVOS, build_model, load_checkpoint, save_checkpoint
-from rvos_edge.model.tokenizer import tokenize_for_prompts
+from rvos_edge.tokenizer import tokenize_for_prompts
 from rvos_edge.runtime.pipeline import prepare_frame
 from rvos_edge.train.losses import mask_loss
 from rvos_edge.train.state import OPTIMIZER_FILE, append_log, leg, read_state, resume, save_optimizer, write_state

@@ -1,5 +1,5 @@
 // manifest.json of an artifact folder (DESIGN.md section 4), read and checked as the Python
-// runtime does (rvos_edge/export/manifest.py): format and format version, the model config,
+// runtime does (rvos_edge/artifacts/manifest.py): format and format version, the model config,
 // the contract tensors of both graphs (names, dtypes and shapes), the tokenizer vocabulary's
 // sha256 against the one built into this library, and each listed file's sha256.
 #pragma once

@@ -1,4 +1,4 @@
-// CLIP's byte-level BPE tokenizer, giving the ids of rvos_edge/model/tokenizer.py (and so of
+// CLIP's byte-level BPE tokenizer, giving the ids of rvos_edge/tokenizer.py (and so of
 // OpenAI's clip.tokenize). The vocabulary (bpe_simple_vocab_16e6.txt.gz) is built into the
 // library and read with zlib.
 //

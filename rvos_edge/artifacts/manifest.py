@@ -17,7 +17,7 @@ An artifact folder written by ``rvos-edge export`` holds ``text_encoder.onnx``,
      "calibration": {"method": "entropy", "samples": 64, "seed": 0, "data": "synthetic:1:64",   # optional
                      "exclude": ["*/model.head.out/*"], "tool": "onnxruntime.quantization 1.31.0",
                      "cache": {"text_encoder": "text_encoder.calib.cache", "clip_model": "clip_model.calib.cache"}},
-     "tensorrt": {"plugin": {...}, "engines": {"fp16": {...}}},   # optional, see rvos_edge.export.trt_plan
+     "tensorrt": {"plugin": {...}, "engines": {"fp16": {...}}},   # optional, see rvos_edge.engines.trt.plan
      "tokenizer_vocab_sha256": "<sha256 hex>",
      "learnt_tokens": [[0, 1], [320, 322], ...],          # optional, see below
      "producer": {"rvos_edge": "0.1.0", "torch": "...", "onnx": "...", "onnxruntime": "..."}}
@@ -31,7 +31,7 @@ graph; folders without it (older exports) load as before. "tensorrt" is present
 once the folder holds TensorRT material: "plugin", the clip graph whose CF-MSA
 are CubeFrameAttention plugin nodes (``export --attention plugin``; TensorRT
 only), and "engines", the engines built per precision (TensorRT version, GPU,
-files); `rvos_edge.export.trt_plan` reads and checks it. "learnt_tokens" lists the
+files); `rvos_edge.engines.trt.plan` reads and checks it. "learnt_tokens" lists the
 token ids whose embedding row is not zero, as [start, stop) runs: the words the text
 encoder has learnt (the runtime warns about the others); folders without it (older
 exports) warn about nothing.
@@ -157,7 +157,7 @@ class Manifest:
     files: sha256 (hex) of every file of the folder, keyed by file name.
     variants: other precisions, e.g. {"fp16": {"text_encoder": "text_encoder.fp16.onnx", ...}}.
     calibration: how the int8 variant was calibrated and its TensorRT caches (see the module docstring); None before.
-    tensorrt: the plugin graph and the TensorRT engines (see `rvos_edge.export.trt_plan`); None before.
+    tensorrt: the plugin graph and the TensorRT engines (see `rvos_edge.engines.trt.plan`); None before.
     learnt_tokens: [start, stop) runs of the token ids the text encoder learnt; None when not recorded.
     """
 
@@ -347,7 +347,7 @@ def load_manifest(directory: str | os.PathLike[str], verify_files: bool = True) 
     verify_files: also check that every listed file exists and matches its sha256.
     The tokenizer's vocabulary sha256 is always compared with the installed one.
     """
-    from rvos_edge.model.tokenizer import vocab_sha256
+    from rvos_edge.tokenizer import vocab_sha256
 
     directory = Path(directory)
     path = directory / MANIFEST_NAME

@@ -15,7 +15,7 @@ import numpy as np
 
 from rvos_edge.config import ModelConfig
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import CLIP_MODEL, TEXT_ENCODER, TensorSpec, TokenRuns, expected_graphs
+from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER, TensorSpec, TokenRuns, expected_graphs
 
 
 class Runner(ABC):

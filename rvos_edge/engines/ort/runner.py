@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import CLIP_MODEL, TEXT_ENCODER, TensorSpec, load_manifest
-from rvos_edge.runtime.backends.base import Engines, Runner
+from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER, TensorSpec, load_manifest
+from rvos_edge.engines.base import Engines, Runner
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",

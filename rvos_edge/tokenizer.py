@@ -91,7 +91,7 @@ def _byte_symbols() -> list[str]:
 
 def _vocab_bytes() -> bytes:
     """The shipped gzip file, read as package data."""
-    return resources.files("rvos_edge.model").joinpath("assets").joinpath(_VOCAB_FILE).read_bytes()
+    return resources.files("rvos_edge").joinpath("assets").joinpath(_VOCAB_FILE).read_bytes()
 
 
 class _BytePairEncoder:

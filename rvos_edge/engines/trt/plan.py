@@ -39,8 +39,8 @@ from typing import Mapping
 
 from rvos_edge.config import ModelConfig
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest, expected_graphs
-from rvos_edge.export.trt_manifest import plugin_graph_file
+from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest, expected_graphs
+from rvos_edge.artifacts.tensorrt import plugin_graph_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MIN_VERSION = (10, 0)

@@ -4,7 +4,7 @@
     result.entry.files        # {"text_encoder": "text_encoder.fp16.engine", "clip_model": "clip_model.fp16.engine"}
 
 Steps: read the manifest; detect the installed TensorRT and make the build plan
-(`rvos_edge.export.trt_plan`: weakly typed with builder flags on 10.x, strongly
+(`rvos_edge.engines.trt.plan`: weakly typed with builder flags on 10.x, strongly
 typed from the precision's ONNX on 11, the plugin graph or its decomposed
 fallback); register the CubeFrameAttention plugin when the plan uses it; parse
 each graph with TensorRT's ONNX parser, add one optimisation profile (batch
@@ -29,9 +29,9 @@ from typing import Any
 from tqdm import tqdm
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import GRAPH_NAMES, hash_files, load_manifest, write_manifest
-from rvos_edge.export.trt_manifest import EngineEntry, GpuInfo, engine_file, with_engines
-from rvos_edge.export.trt_plan import (ArtifactSet, BuildPlan, GraphPlan, TrtVersion, calibration_cache_for,
+from rvos_edge.artifacts.manifest import GRAPH_NAMES, hash_files, load_manifest, write_manifest
+from rvos_edge.artifacts.tensorrt import EngineEntry, GpuInfo, engine_file, with_engines
+from rvos_edge.engines.trt.plan import (ArtifactSet, BuildPlan, GraphPlan, TrtVersion, calibration_cache_for,
                                        plan_build, profile_shapes)
 from rvos_edge.fileio import atomic_write_bytes
 
@@ -89,7 +89,7 @@ class _Builder:
     """One build: the TensorRT builder, logger and timing cache shared by both graphs."""
 
     def __init__(self, trt: Any, folder: Path, plan: BuildPlan, workspace_gb: float | None, cache_blob: bytes) -> None:
-        from rvos_edge.runtime.backends.tensorrt import make_logger
+        from rvos_edge.engines.trt.runner import make_logger
 
         self.trt, self.folder, self.plan, self.workspace_gb = trt, folder, plan, workspace_gb
         self.logger = make_logger(trt, keep=trt.ILogger.Severity.INFO)
@@ -163,7 +163,7 @@ def build_engines(folder: str | Path, precision: str = "fp32", workspace_gb: flo
     max_batch: largest batch of the profiles; timing_cache: file to load and update
     (default DIR/tensorrt.timing.cache); device: "cuda" or "cuda:N".
     """
-    from rvos_edge.runtime.backends.tensorrt import cuda_call, cuda_runtime, device_index, gpu_info, import_tensorrt
+    from rvos_edge.engines.trt.runner import cuda_call, cuda_runtime, device_index, gpu_info, import_tensorrt
 
     t0 = time.perf_counter()
     folder = Path(folder)
@@ -176,7 +176,7 @@ def build_engines(folder: str | Path, precision: str = "fp32", workspace_gb: flo
     artifacts = ArtifactSet.from_manifest(manifest, str(folder))
     blocker = None
     if artifacts.plugin_graph is not None:
-        from rvos_edge.export.plugin import plugin_blocker
+        from rvos_edge.export.plugin_graph import plugin_blocker
 
         blocker = plugin_blocker()
     plan = plan_build(version, precision, artifacts, blocker)
@@ -185,7 +185,7 @@ def build_engines(folder: str | Path, precision: str = "fp32", workspace_gb: flo
     gpu = gpu_info(cudart, index)
     cuda_call(cudart, cudart.cudaSetDevice(index))
     if plan.plugin is not None:
-        from rvos_edge.export.plugin import register_plugin
+        from rvos_edge.export.plugin_graph import register_plugin
 
         register_plugin(aot=plan.plugin == "aot")
     cache_path = Path(timing_cache) if timing_cache is not None else folder / DEFAULT_TIMING_CACHE

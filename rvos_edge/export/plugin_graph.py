@@ -24,7 +24,7 @@ just-in-time implementation (TensorRT >= 10.6) that launches the Triton kernel
 on TensorRT's buffers and stream through torch; and, with TensorRT >= 10.9, an
 ahead-of-time implementation returning the kernel compiled to PTX, which TensorRT
 bakes into the engine so that it runs without Python. Both run
-`rvos_edge.export.plugin_kernel` (the fused Triton kernel the model uses).
+`rvos_edge.engines.trt.plugin_kernel` (the fused Triton kernel the model uses).
 Importing this module imports onnx and numpy only.
 """
 import contextlib
@@ -36,8 +36,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from rvos_edge.export.manifest import GraphSpec
-from rvos_edge.export.trt_manifest import PLUGIN_OP
+from rvos_edge.artifacts.manifest import GraphSpec
+from rvos_edge.artifacts.tensorrt import PLUGIN_OP
 
 DOMAIN, OP_TYPE = PLUGIN_OP.split("::")
 PLUGIN_FILE = "clip_model.plugin.onnx"
@@ -137,7 +137,7 @@ def plugin_blocker() -> str | None:
 def _geometry(q: Any, grid: np.ndarray, cube: int, shift: int, scale: float, head_dim: int) -> Any:
     import tensorrt as trt
 
-    from rvos_edge.export.plugin_kernel import Geometry
+    from rvos_edge.engines.trt.plugin_kernel import Geometry
 
     return Geometry(int(grid[0]), int(grid[1]), int(cube), int(shift), int(head_dim), float(scale),
                     "fp16" if q.dtype == trt.float16 else "fp32")
@@ -169,7 +169,7 @@ def register_plugin(aot: bool) -> None:
         def impl(q, k, v, grid, cube, shift, scale, outputs, stream) -> None:
             import torch
 
-            from rvos_edge.export.plugin_kernel import launch
+            from rvos_edge.engines.trt.plugin_kernel import launch
 
             with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
                 tq, tk, tv, out, lse = (torch.as_tensor(t, device="cuda") for t in (q, k, v, *outputs))
@@ -180,7 +180,7 @@ def register_plugin(aot: bool) -> None:
         @trtp.aot_impl(PLUGIN_OP)
         def aot_impl(q, k, v, grid, cube, shift, scale, outputs, tactic) -> tuple[
                 str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
-            from rvos_edge.export.plugin_kernel import compile_ptx
+            from rvos_edge.engines.trt.plugin_kernel import compile_ptx
 
             geo = _geometry(q, grid, cube, shift, scale, q.shape_expr[3].constant_value())
             kernel = compile_ptx(geo)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rvos_edge.errors import UserError
-from rvos_edge.runtime.backends.base import Engines, Runner
+from rvos_edge.engines.base import Engines, Runner
 
 BACKENDS = ("ort", "torch", "trt")
 
@@ -41,7 +41,7 @@ def open_engines(path: str | Path, backend: str = "ort", precision: str = "fp32"
         if not path.is_dir():
             raise UserError(f"{path} is a file, the trt backend opens an artifact folder with TensorRT engines: "
                             "export it and build them (rvos-edge build DIR --backend trt)")
-        from rvos_edge.runtime.backends.tensorrt import open_trt
+        from rvos_edge.engines.trt.runner import open_trt
 
         opts.pop("threads", None)       # CPU threads do not apply to TensorRT engines
         opts.pop("providers", None)     # onnxruntime's execution providers
@@ -50,11 +50,11 @@ def open_engines(path: str | Path, backend: str = "ort", precision: str = "fp32"
         if not path.is_dir():
             raise UserError(f"{path} is a file, the ort backend opens an artifact folder: export it first "
                             "(rvos-edge export CKPT --out DIR) or use --backend torch")
-        from rvos_edge.runtime.backends.ort import open_ort
+        from rvos_edge.engines.ort.runner import open_ort
 
         return open_ort(path, precision, **opts)
     if not path.is_file():
         raise UserError(f"{path} is a folder, the torch backend opens a .safetensors checkpoint: use --backend ort")
-    from rvos_edge.runtime.backends.pytorch import open_torch
+    from rvos_edge.engines.torch.runner import open_torch
 
     return open_torch(path, precision, **opts)

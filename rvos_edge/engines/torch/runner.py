@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import CLIP_MODEL, TEXT_ENCODER, expected_graphs
-from rvos_edge.runtime.backends.base import Engines, Runner
+from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER, expected_graphs
+from rvos_edge.engines.base import Engines, Runner
 
 _CLIP_LEN = (1, None)
 
@@ -63,7 +63,7 @@ def open_torch(path: str | Path, precision: str = "fp32", device: str = "cpu", t
     """
     import torch
 
-    from rvos_edge.export.manifest import token_runs
+    from rvos_edge.artifacts.manifest import token_runs
     from rvos_edge.model import load_checkpoint
     from rvos_edge.model.text import learnt_token_ids
 

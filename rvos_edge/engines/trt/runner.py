@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from rvos_edge.errors import UserError
-from rvos_edge.export.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, TensorSpec, expected_graphs, load_manifest
-from rvos_edge.export.trt_manifest import EngineEntry, GpuInfo, check_engine_compat, engine_entry
-from rvos_edge.export.trt_plan import INSTALL_HINT
-from rvos_edge.runtime.backends.base import Engines, Runner
+from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, TensorSpec, expected_graphs, load_manifest
+from rvos_edge.artifacts.tensorrt import EngineEntry, GpuInfo, check_engine_compat, engine_entry
+from rvos_edge.engines.trt.plan import INSTALL_HINT
+from rvos_edge.engines.base import Engines, Runner
 
 HISTORY, HISTORY_OUT = "history", "history_out"
 
@@ -282,7 +282,7 @@ def open_trt(path: str | Path, precision: str = "fp32", device: str = "cuda", cu
         if cuda_graph:
             raise UserError(f"the {precision} engines of {path} run the CubeFrameAttention plugin just in time "
                             "(Python), which CUDA graphs cannot capture: open them without cuda_graph")
-        from rvos_edge.export.plugin import register_plugin
+        from rvos_edge.export.plugin_graph import register_plugin
 
         register_plugin(aot=False)
     cuda_call(cudart, cudart.cudaSetDevice(index))
