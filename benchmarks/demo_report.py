@@ -68,8 +68,14 @@ def _command(stage: str, leg: dict[str, Any]) -> str:
     o = leg["options"]
     words = ["rvos-edge train", f"--stage {stage}", f"--out {o['out']}", f"--preset {o['preset']}",
              f"--steps {o['steps']}", f"--batch-size {o['batch_size']}", f"--lr {o['lr']:g}", f"--warmup {o['warmup']}"]
-    if stage == "clip":     # runs from before these options had neither: no hard negatives, OpenAI's start
-        words += [f"--hard-negatives {o.get('hard_negatives', 0)}", f"--positions {o.get('positions', 'openai')}"]
+    if stage == "clip":     # runs from before these options had none: no hard negatives, OpenAI's start, no dense loss
+        words += [f"--hard-negatives {o.get('hard_negatives', 0)}", f"--positions {o.get('positions', 'openai')}",
+                  f"--region-weight {o.get('region_weight', 0):g}"]
+        words += [f"--pooled-weight {o['pooled_weight']:g}"] if o.get("pooled_weight") else []
+    if o.get("accumulate", 1) > 1:
+        words.append(f"--accumulate {o['accumulate']}")
+    if o.get("time_budget"):
+        words.append(f"--time-budget {o['time_budget']:g}")
     if o.get("clip_weights"):
         words.append(f"--clip-weights {o['clip_weights']}")
     words += [f"--ablate {a}" for a in o.get("ablate") or ()]

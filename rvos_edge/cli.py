@@ -333,6 +333,20 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--positions", choices=("sincos", "openai"),
                    help="clip: start of the image tower's positional embedding (default sincos: 2D sine-cosine "
                         "at the patch embeddings' scale; openai: OpenAI's small random one)")
+    p.add_argument("--region-weight", type=float, metavar="W",
+                   help="clip: weight of the dense region-phrase loss, each patch against the phrases of the "
+                        "batch's objects and the background (default 1; 0: the earlier recipes)")
+    p.add_argument("--pooled-weight", type=float, metavar="W",
+                   help="clip: weight of the object-level loss, each object's pooled patches against the "
+                        "batch's phrases (default 0)")
+    p.add_argument("--probe-every", type=int, metavar="N",
+                   help="clip: steps between zero-shot probes written to the log (default 0: at the end only)")
+    p.add_argument("--accumulate", type=int, metavar="N",
+                   help="rvos: micro-batches of --batch-size per optimizer step (gradient accumulation, default 1)")
+    p.add_argument("--time-budget", type=float, metavar="S",
+                   help="stop after S seconds of training, saving the step reached; the cosine follows the time")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes making the training batches ahead (default 0: the training process)")
     p.add_argument("--save-every", type=int, help="steps between saves of the resumable state (default 250)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
@@ -345,12 +359,16 @@ def _run_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     given = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                "weight_decay": args.weight_decay, "warmup": args.warmup,
-                               "save_every": args.save_every}.items() if v is not None}
+                               "save_every": args.save_every, "time_budget": args.time_budget,
+                               "workers": args.workers}.items() if v is not None}
     common = dict(out=args.out, preset=args.preset, seed=args.seed, device=args.device, resume=args.resume, **given)
     if args.stage == "clip":
         from rvos_edge.train.clip_pretrain import PROBES, CLIPTrainOptions, train_clip
-        clip_only = {k: v for k, v in {"hard_negatives": args.hard_negatives, "positions": args.positions}.items()
-                     if v is not None}
+        clip_only = {k: v for k, v in {"hard_negatives": args.hard_negatives, "positions": args.positions,
+                                       "region_weight": args.region_weight, "pooled_weight": args.pooled_weight,
+                                       "probe_every": args.probe_every}.items() if v is not None}
+        if args.accumulate is not None:
+            raise UserError("--accumulate belongs to --stage rvos")
         s = train_clip(CLIPTrainOptions(**common, **clip_only))
         probes = s["attribute_accuracy"]
         print(f"trained CLIP ({args.preset}) to {s['weights']}: steps {s['resumed_from']}..{s['steps']} in "
@@ -360,11 +378,16 @@ def _run_train(args: argparse.Namespace) -> int:
                                        for p in PROBES)
               + f", cosine to patch-shuffled images {s['patch_shuffle_cosine']:.4f}")
         return 0
-    if args.hard_negatives is not None or args.positions is not None:
-        raise UserError("--hard-negatives and --positions belong to --stage clip")
+    clip_flags = {"--hard-negatives": args.hard_negatives, "--positions": args.positions,
+                  "--region-weight": args.region_weight, "--pooled-weight": args.pooled_weight,
+                  "--probe-every": args.probe_every}
+    given_clip = [flag for flag, value in clip_flags.items() if value is not None]
+    if given_clip:
+        raise UserError(f"{', '.join(given_clip)}: only for --stage clip")
     from rvos_edge.train.rvos import RVOSTrainOptions, train_rvos
+    rvos_only = {} if args.accumulate is None else {"accumulate": args.accumulate}
     s = train_rvos(RVOSTrainOptions(data=args.data, split=args.split, clip_weights=args.clip_weights,
-                                    ablate=tuple(args.ablate), **common))
+                                    ablate=tuple(args.ablate), **common, **rvos_only))
     print(f"trained {args.preset} to {s['checkpoint']}: steps {s['resumed_from']}..{s['steps']} in "
           f"{s['seconds']:.0f} s, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}")
     return 0

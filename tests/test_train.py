@@ -254,7 +254,8 @@ def test_synthetic_clip_round_trip_and_training(tmp_path):
     assert (clip.arch.vision_heads, clip.arch.text_heads, clip.arch.vision_width) == (2, 2, 64)
     assert 0.0 <= summary["heldout_accuracy"] <= 1.0 and -1.0 <= summary["patch_shuffle_cosine"] <= 1.0 + 1e-6
     probes = summary["attribute_accuracy"]
-    assert set(probes) == {"shape", "colour", "place", "shape_chance", "colour_chance", "place_chance"}
+    assert set(probes) == {"shape", "colour", "place", "per_patch", "shape_chance", "colour_chance", "place_chance",
+                           "per_patch_chance"}
     assert 1 / 5 <= probes["shape_chance"] <= 1 / 2 and 1 / 6 <= probes["colour_chance"] <= 1 / 2
     assert probes["place_chance"] == pytest.approx(1 / 5)
     # the file feeds VLP-RVOS like OpenAI's weights would

@@ -148,6 +148,18 @@ def generate_frame(seed: int, index: int) -> tuple[np.ndarray, list[SceneObject]
     return frames[0], objects, labels[0]
 
 
+def patch_coverage(labels: np.ndarray, ids: list[int], grid: int) -> np.ndarray:
+    """float32 [len(ids) + 1, grid * grid]: for each object id of `ids`, the fraction of each cell
+    of a grid x grid split of the label map uint8 [S, S] that shows it (cells row-major, as a
+    ViT flattens its patches); the last row is the background's (label 0). S % grid == 0."""
+    size = labels.shape[0]
+    if size % grid or labels.shape != (size, size):
+        raise ValueError(f"a {list(labels.shape)} label map does not split into {grid} x {grid} cells")
+    cell = size // grid
+    cells = labels.reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3).reshape(grid * grid, cell * cell)
+    return np.stack([(cells == i).mean(1) for i in [*ids, 0]]).astype(np.float32)
+
+
 class SyntheticDataset:
     """The first `count` samples of world `seed`: data[i] == generate(seed, i, kinds)."""
 

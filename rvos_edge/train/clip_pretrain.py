@@ -7,9 +7,16 @@ Pair i of step s is frame `generate_frame(seed, s * batch + i)` of the synthetic
 world with a caption naming the objects visible in it, in random order, each as
 "[size] colour shape [place]" ("a big red circle on the left, a blue square and a
 small green cross"). The CLIP architecture is the preset's; the loss is CLIP's
-symmetric cross-entropy over the batch with a learnt temperature (clamped at 100).
+symmetric cross-entropy over the batch with a learnt temperature (clamped at 100),
+plus, by default, dense region-phrase alignment (`region_phrase_loss`): every patch
+token, taken through ln_post and the visual projection into the shared space, is
+classified among the phrases of the batch's objects ("the big red circle on the
+left": size, colour, shape and place) and a background phrase, with each object's
+coverage of the patch as its weight (object and background pixels weigh half each).
+Optionally (`pooled_weight`) each object's patch tokens, pooled by coverage, are
+also contrasted with the batch's phrases.
 
-Two departures from OpenAI's recipe, both because colour alone tells almost every
+Three departures from OpenAI's recipe, all because colour alone tells almost every
 caption of a batch from the others, so a CLIP trained on in-batch negatives only
 ends a bag of patches (an image and its patch-shuffled copy embed alike) that
 knows colour and neither shape nor place:
@@ -23,13 +30,19 @@ knows colour and neither shape nor place:
   where anything is (`positions="openai"` keeps OpenAI's start: the shipped demo
   CLIP was trained so). Only a CLIP trained from scratch gets it; a resumed run
   continues from its saved weights.
-AdamW with warm-up and cosine decay. The run folder holds clip.safetensors (OpenAI
+The dense losses are the third: a caption is one vector for the whole image, so
+nothing in it says which patches show the circle; the generator knows every
+object's mask, so each patch is told what it shows (`region_weight 0` turns them
+off: the shipped demo CLIP and the 3000-step "next recipe" CLIP were trained so).
+AdamW with warm-up and cosine decay; with a `time_budget` the run stops when the
+budget is spent (saving the step reached) and the cosine follows the time. The run folder holds clip.safetensors (OpenAI
 key names; metadata vision_heads / text_heads, read by `load_openai_clip`) and the
 resumable state of rvos_edge.train.state.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -44,13 +57,15 @@ from tqdm import tqdm
 
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.data import HELDOUT_SEED
-from rvos_edge.data.synthetic import COLOURS, RADIUS, SHAPES, SIZE, SceneObject, expression_words, generate_frame
+from rvos_edge.data.synthetic import (COLOURS, RADIUS, SHAPES, SIZE, SceneObject, expression_words, generate_frame,
+                                      patch_coverage)
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import make_folder
 from rvos_edge.model.clip import CLIP, CLIP_MEAN, CLIP_STD, load_openai_clip, trim_padding
 from rvos_edge.tokenizer import tokenize
 from rvos_edge.model.vlprvos import clip_arch
 from rvos_edge.runtime.pipeline import prepare_frame
+from rvos_edge.train.loader import check_loop_options, step_batches
 from rvos_edge.train.rvos import warmup_cosine
 from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, leg, read_state, resume, save_optimizer,
                                    save_tensors_atomic, write_state)
@@ -73,6 +88,12 @@ class CLIPTrainOptions:
     warmup: int = 100
     hard_negatives: int = 2
     positions: str = "sincos"
+    region_weight: float = 1.0     # dense region-phrase loss; 0 turns it off (the earlier recipes)
+    pooled_weight: float = 0.0     # object-level pooled phrase loss
+    time_budget: float | None = None   # seconds: stop when spent, saving the step reached
+    workers: int = 0               # processes making the batches (0: this one)
+    probe_every: int = 0           # steps between probes written to the log (0: only at the end)
+    probe_frames: int = 200        # held-out frames of the zero-shot probes (attribute_accuracy)
     save_every: int = 250
     log_every: int = 10
     device: str = "cpu"
@@ -179,19 +200,88 @@ def zero_unused_tokens(clip: CLIP) -> None:
         clip.token_embedding.weight[unused.to(clip.token_embedding.weight.device)] = 0
 
 
+BACKGROUND = EMPTY
+"""The phrase of patches that show no object (region_phrase_loss)."""
+
+
+def object_phrase(o: SceneObject) -> str:
+    """"the big red circle on the left": the object's size, colour, shape and place in its frame."""
+    return f"the {o.size} {o.colour} {o.shape} {_place(*o.centres[0])}"
+
+
+def visible(objects: list[SceneObject], labels: np.ndarray, pixels: int = MIN_PIXELS) -> list[SceneObject]:
+    """The objects with at least `pixels` visible pixels in the label map uint8 [S, S]."""
+    return [o for o in objects if np.count_nonzero(labels == o.id) >= pixels]
+
+
+def _pair(seed: int, i: int, image_size: int,
+          hard_negatives: int) -> tuple[np.ndarray, str, list[str], list[SceneObject], np.ndarray]:
+    """Frame i of world `seed` as uint8 [S, S, 3] RGB (resized as the runtime resizes), its
+    caption, `hard_negatives` wrong captions, its objects and its label map uint8 [128, 128]."""
+    frame, objects, labels = generate_frame(seed, i)
+    image = prepare_frame(np.ascontiguousarray(frame[..., ::-1]), image_size)
+    prefix, mentions = describe(objects, labels, np.random.default_rng([seed, i, 3]))
+    rng = np.random.default_rng([seed, i, 4])
+    return (image, caption_text(prefix, mentions), [hard_negative(prefix, mentions, rng) for _ in range(hard_negatives)],
+            objects, labels)
+
+
 def pairs(seed: int, step: int, batch_size: int, image_size: int,
           hard_negatives: int = 0) -> tuple[np.ndarray, list[str], list[str]]:
     """Images uint8 [B, S, S, 3] RGB (resized as the runtime resizes), their captions, and
     `hard_negatives` wrong captions per image (image i's are entries i*K .. i*K+K-1)."""
-    images, captions, negatives = [], [], []
-    for i in range(step * batch_size, (step + 1) * batch_size):
-        frame, objects, labels = generate_frame(seed, i)
-        images.append(prepare_frame(np.ascontiguousarray(frame[..., ::-1]), image_size))
-        prefix, mentions = describe(objects, labels, np.random.default_rng([seed, i, 3]))
-        captions.append(caption_text(prefix, mentions))
-        rng = np.random.default_rng([seed, i, 4])
-        negatives += [hard_negative(prefix, mentions, rng) for _ in range(hard_negatives)]
-    return np.stack(images), captions, negatives
+    made = [_pair(seed, i, image_size, hard_negatives) for i in range(step * batch_size, (step + 1) * batch_size)]
+    return np.stack([m[0] for m in made]), [m[1] for m in made], [n for m in made for n in m[2]]
+
+
+@dataclass
+class CLIPBatch:
+    """One step's pairs: images uint8 [B, S, S, 3], caption tokens int64 [B, 77], hard negative
+    tokens [B * K, 77] (None when K = 0); with regions, the tokens of the batch's distinct object
+    phrases and of BACKGROUND last, int64 [P + 1, 77], and weights float [B, Np, P + 1]: the
+    coverage of each patch by the objects of each phrase (last: by the background)."""
+
+    images: Tensor
+    tokens: Tensor
+    negatives: Tensor | None
+    phrases: Tensor | None = None
+    weights: Tensor | None = None
+
+    def to(self, device: str | torch.device) -> "CLIPBatch":
+        return CLIPBatch(*(None if t is None else t.to(device)
+                           for t in (self.images, self.tokens, self.negatives, self.phrases, self.weights)))
+
+
+def region_targets(scenes: list[tuple[list[SceneObject], np.ndarray]], grid: int) -> tuple[list[str], np.ndarray]:
+    """The distinct phrases (object_phrase) of the visible objects of `scenes` (objects, label
+    map [128, 128]) in order of appearance, and float32 weights [B, grid * grid, P + 1]: each
+    patch's coverage by the objects of each phrase, then by the background. Pixels of objects
+    too little visible to be named count for nothing."""
+    phrases: dict[str, int] = {}
+    named = [[(phrases.setdefault(object_phrase(o), len(phrases)), o.id) for o in visible(objects, labels)]
+             for objects, labels in scenes]
+    weights = np.zeros((len(scenes), grid * grid, len(phrases) + 1), np.float32)
+    for b, ((_, labels), seen) in enumerate(zip(scenes, named)):
+        coverage = patch_coverage(labels, [i for _, i in seen], grid)           # [n + 1, Np]
+        for (k, _), row in zip(seen, coverage):
+            weights[b, :, k] += row
+        weights[b, :, -1] = coverage[-1]
+    return list(phrases), weights
+
+
+def clip_batch(seed: int, step: int, batch_size: int, image_size: int, hard_negatives: int = 0,
+               grid: int | None = None) -> CLIPBatch:
+    """The CLIPBatch of `step`: frames step * B .. step * B + B - 1 of world `seed` (those of
+    `pairs`), with the region targets of a grid x grid patch split unless grid is None."""
+    made = [_pair(seed, i, image_size, hard_negatives) for i in range(step * batch_size, (step + 1) * batch_size)]
+    negatives = [n for m in made for n in m[2]]
+    batch = CLIPBatch(torch.from_numpy(np.stack([m[0] for m in made])), torch.from_numpy(tokenize([m[1] for m in made])),
+                      torch.from_numpy(tokenize(negatives)) if negatives else None)
+    if grid is not None:
+        phrases, weights = region_targets([(m[3], m[4]) for m in made], grid)
+        batch.phrases = torch.from_numpy(tokenize([*phrases, BACKGROUND]))
+        batch.weights = torch.from_numpy(weights)
+    return batch
 
 
 def normalise(images: Tensor) -> Tensor:
@@ -205,14 +295,74 @@ def contrastive_loss(clip: CLIP, images: Tensor, tokens: Tensor, negatives: Tens
     """CLIP's symmetric cross-entropy over the batch, images [B, S, S, 3] uint8 against caption
     tokens [B, 77]; hard negative tokens [N, 77] add N wrong captions to every image's choice
     (the text-to-image side is unchanged). Also the image-to-caption top-1 accuracy."""
-    b = len(images)
-    img = F.normalize(clip.encode_image(normalise(images)), dim=-1)
+    return embedding_contrastive_loss(clip, clip.encode_image(normalise(images)), tokens, negatives)
+
+
+def embedding_contrastive_loss(clip: CLIP, image: Tensor, tokens: Tensor,
+                               negatives: Tensor | None = None) -> tuple[Tensor, float]:
+    """contrastive_loss from the image embeddings [B, Ce] (unnormalised)."""
+    b = len(image)
+    img = F.normalize(image, dim=-1)
     texts = tokens if negatives is None else torch.cat([tokens, negatives])
     txt = F.normalize(clip.encode_text(trim_padding(texts)), dim=-1)
     logits = clip.logit_scale.exp().clamp(max=100) * img @ txt.T
     target = torch.arange(b, device=img.device)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
     return loss, (logits.argmax(1) == target).float().mean().item()
+
+
+def image_tokens(clip: CLIP, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalised images [B, 3, S, S] -> (image embeddings [B, Ce], patch embeddings [B, Np, Ce]):
+    every output token of the image tower through ln_post and the visual projection."""
+    tokens = clip.visual.ln_post(clip.visual.transformer(clip.visual.embed(x))) @ clip.visual.proj
+    return tokens[:, 0], tokens[:, 1:]
+
+
+def region_phrase_loss(patches: Tensor, texts: Tensor, weights: Tensor, scale: Tensor | float) -> Tensor:
+    """Dense region-phrase alignment. patches [B, Np, Ce] and texts [P + 1, Ce] (the batch's
+    phrases, the background last), both L2-normalised; weights [B, Np, P + 1] >= 0 (coverage).
+    Each patch's logits are scale * cosine to every text, and each (patch, text) pair's
+    cross-entropy -log softmax is weighted by its weight: a patch is pulled toward the phrase of
+    the object covering it, in proportion to the coverage, and pushed from the other phrases of
+    the batch and from the background. The loss is the mean of the weighted means over the
+    object columns and over the background column, so that the background, most of every
+    image, does not teach the tower to call every patch background."""
+    nll = -torch.log_softmax(scale * patches @ texts.T, dim=-1)            # [B, Np, P + 1]
+    objects, background = weights[..., :-1], weights[..., -1]
+    return ((objects * nll[..., :-1]).sum() / objects.sum().clamp(min=1e-6)
+            + (background * nll[..., -1]).sum() / background.sum().clamp(min=1e-6)) / 2
+
+
+def pooled_phrase_loss(patches: Tensor, texts: Tensor, weights: Tensor, scale: Tensor | float) -> Tensor:
+    """Object-level alignment. patches [B, Np, Ce] and phrase texts [P, Ce] L2-normalised, weights
+    [B, Np, P] (coverage, no background column): each (image, phrase) with some coverage pools
+    its patches by coverage into one vector, normalised, whose cross-entropy over the P phrases
+    (scale * cosine) has its own phrase as the target; the mean over those objects."""
+    mass = weights.sum(1)                                                    # [B, P]
+    b, k = torch.nonzero(mass > 0, as_tuple=True)
+    if len(k) == 0:
+        return patches.sum() * 0
+    pooled = torch.einsum("mn,mnc->mc", weights[b, :, k], patches[b]) / mass[b, k, None]
+    return F.cross_entropy(scale * F.normalize(pooled, dim=-1) @ texts.T, k)
+
+
+def clip_loss(clip: CLIP, batch: CLIPBatch, region_weight: float, pooled_weight: float) -> tuple[Tensor, dict[str, float]]:
+    """The pretraining loss of one batch: contrastive, plus region_weight * region_phrase_loss and
+    pooled_weight * pooled_phrase_loss when the batch has region targets; and its parts for the log."""
+    x = normalise(batch.images)
+    if batch.phrases is None or batch.weights is None:
+        loss, acc = embedding_contrastive_loss(clip, clip.encode_image(x), batch.tokens, batch.negatives)
+        return loss, {"loss": loss.item(), "batch_accuracy": acc}
+    image, patches = image_tokens(clip, x)
+    contrastive, acc = embedding_contrastive_loss(clip, image, batch.tokens, batch.negatives)
+    patches = F.normalize(patches, dim=-1)
+    texts = F.normalize(clip.encode_text(trim_padding(batch.phrases)), dim=-1)
+    scale = clip.logit_scale.exp().clamp(max=100)
+    region = region_phrase_loss(patches, texts, batch.weights, scale)
+    pooled = pooled_phrase_loss(patches, texts[:-1], batch.weights[..., :-1], scale)
+    loss = contrastive + region_weight * region + pooled_weight * pooled
+    return loss, {"loss": loss.item(), "batch_accuracy": acc, "contrastive": contrastive.item(),
+                  "region": region.item(), "pooled": pooled.item()}
 
 
 def sincos_positions(grid: int, width: int) -> Tensor:
@@ -263,8 +413,19 @@ def patch_shuffle_cosine(clip: CLIP, cfg: ModelConfig, count: int = 64, device: 
     return float((a * s).sum(-1).mean())
 
 
-PROBES = ("shape", "colour", "place")
+PROBES = ("shape", "colour", "place", "per_patch")
 """The zero-shot probes of attribute_accuracy."""
+
+
+def patch_phrase_hits(patches: Tensor, texts: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-patch probe on one image: patches [Np, Ce], texts [P + 1, Ce] (its objects'
+    phrases, the background last), weights [Np, P + 1] (coverage). Over the patches that one
+    object covers at least half of: whether the text nearest the patch (cosine) is that object's
+    phrase, bool [M], and the number of texts to choose from, float [M] (chance is 1 / that)."""
+    owner = weights[:, :-1].argmax(1)
+    counted = weights[:, :-1].max(1).values >= 0.5
+    nearest = (F.normalize(patches, dim=-1) @ F.normalize(texts, dim=-1).T).argmax(1)
+    return (nearest == owner)[counted], torch.full((int(counted.sum()),), float(len(texts)))
 
 
 def attribute_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 200, device: str = "cpu") -> dict[str, float]:
@@ -272,14 +433,27 @@ def attribute_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 200, device: s
     at least 150 visible pixels, how often the true caption scores above every caption that
     changes only one word: "shape" ("a red circle" against "a red square", ...), "colour" ("a
     red circle" against "a blue circle", ...), each into a (colour, shape) that no visible object
-    has, and "place" ("a red circle on the left" against the other PLACES). "<probe>_chance" is
-    the accuracy of a random pick among the same captions."""
+    has, and "place" ("a red circle on the left" against the other PLACES). "per_patch": over
+    the patches of the frames' visible objects (one object covering at least half the patch),
+    how often the patch embedding (image_tokens) is nearest to the object's own phrase among
+    the frame's object phrases and BACKGROUND (patch_phrase_hits). "<probe>_chance" is the
+    accuracy of a random pick among the same captions."""
     hits: dict[str, list[bool]] = {probe: [] for probe in PROBES}
     chance: dict[str, list[float]] = {probe: [] for probe in hits}
     clip.eval()
+    grid = cfg.image_size // cfg.patch_size
     for i in range(count):
         frame, objects, labels = generate_frame(HELDOUT_SEED, i)
-        seen = [o for o in objects if np.count_nonzero(labels == o.id) >= 150]
+        image = torch.from_numpy(prepare_frame(np.ascontiguousarray(frame[..., ::-1]), cfg.image_size)[None])
+        phrases, weights = region_targets([(objects, labels)], grid)
+        if phrases:
+            with torch.no_grad():
+                _, patches = image_tokens(clip, normalise(image.to(device)))
+                texts = clip.encode_text(torch.from_numpy(tokenize([*phrases, BACKGROUND])).to(device))
+            right, choices = patch_phrase_hits(patches[0], texts, torch.from_numpy(weights[0]).to(device))
+            hits["per_patch"] += right.tolist()
+            chance["per_patch"] += (1 / choices).tolist()
+        seen = visible(objects, labels, 150)
         if not seen:
             continue
         o, present = seen[0], {(x.colour, x.shape) for x in seen}
@@ -288,7 +462,6 @@ def attribute_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 200, device: s
                     "place": [f"a {o.colour} {o.shape} {p}" for p in PLACES]}
         truth = {"shape": f"a {o.colour} {o.shape}", "colour": f"a {o.colour} {o.shape}",
                  "place": f"a {o.colour} {o.shape} {_place(*o.centres[0])}"}
-        image = torch.from_numpy(prepare_frame(np.ascontiguousarray(frame[..., ::-1]), cfg.image_size)[None])
         with torch.no_grad():
             img = F.normalize(clip.encode_image(normalise(image.to(device))), dim=-1)
             for probe, texts in captions.items():
@@ -308,6 +481,12 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
     if opts.steps < 1 or opts.batch_size < 2 or opts.hard_negatives < 0:
         raise UserError(f"--steps must be >= 1, --batch-size >= 2 and --hard-negatives >= 0, "
                         f"got {opts.steps}, {opts.batch_size} and {opts.hard_negatives}")
+    if opts.region_weight < 0 or opts.pooled_weight < 0:
+        raise UserError(f"--region-weight and --pooled-weight must be >= 0, got {opts.region_weight:g} "
+                        f"and {opts.pooled_weight:g}")
+    check_loop_options(opts.time_budget, opts.workers, opts.probe_every)
+    if opts.probe_frames < 1:
+        raise UserError(f"probe_frames must be >= 1, got {opts.probe_frames}")
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available to torch")
     cfg = get_config(opts.preset)
@@ -337,29 +516,50 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
         write_state(out, "clip", step, CLIP_FILE, options,
                     legs + [leg(start, step, time.perf_counter() - t0, options)])
 
-    t0, losses = time.perf_counter(), []
+    grid = clip.arch.grid if opts.region_weight > 0 or opts.pooled_weight > 0 else None
+    make = functools.partial(clip_batch, opts.seed, batch_size=opts.batch_size, image_size=cfg.image_size,
+                             hard_negatives=opts.hard_negatives, grid=grid)
+    t0, losses, done, probing = time.perf_counter(), [], start, 0.0
+    curve: list[dict[str, Any]] = []
     bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc=f"clip {cfg.name}", unit="step",
                disable=not progress)
-    for step in bar:
+    for step, batch in zip(bar, step_batches(make, start, opts.steps, opts.workers)):
+        elapsed = time.perf_counter() - t0
+        if opts.time_budget is not None and elapsed >= opts.time_budget:
+            break
         clip.train()
         for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, opts.steps, opts.warmup, opts.lr, floor=0.05)
-        images, captions, negatives = pairs(opts.seed, step, opts.batch_size, cfg.image_size, opts.hard_negatives)
-        loss, acc = contrastive_loss(clip, torch.from_numpy(images).to(opts.device),
-                                     torch.from_numpy(tokenize(captions)).to(opts.device),
-                                     torch.from_numpy(tokenize(negatives)).to(opts.device) if negatives else None)
+            group["lr"] = warmup_cosine(step, opts.steps, opts.warmup, opts.lr, floor=0.05,
+                                        time_fraction=elapsed / opts.time_budget if opts.time_budget else 0.0)
+        loss, parts = clip_loss(clip, batch.to(opts.device), opts.region_weight, opts.pooled_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
-        if (step + 1) % opts.log_every == 0 or step + 1 == opts.steps:
-            append_log(out, {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "loss": losses[-1],
-                             "batch_accuracy": acc, "seconds": round(time.perf_counter() - t0, 2)})
-        if (step + 1) % opts.save_every == 0 or step + 1 == opts.steps:
-            save(step + 1)
-    return {"steps": opts.steps, "resumed_from": start, "seconds": time.perf_counter() - t0,
+        losses.append(parts["loss"])
+        done = step + 1
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{parts['batch_accuracy']:.2f}")
+        if done % opts.log_every == 0 or done == opts.steps:
+            append_log(out, {"step": done, "lr": optimizer.param_groups[0]["lr"], **parts,
+                             "seconds": round(time.perf_counter() - t0 - probing, 2)})
+        if opts.probe_every and done % opts.probe_every == 0:
+            t1 = time.perf_counter()
+            curve.append({"step": done, "seconds": round(t1 - t0 - probing, 2),
+                          **probes(clip, cfg, opts.probe_frames, opts.device)})
+            append_log(out, {"step": done, "probes": curve[-1]})
+            probing += time.perf_counter() - t1
+        if done % opts.save_every == 0 or done == opts.steps:
+            save(done)
+    bar.close()
+    if done > start and done % opts.save_every and done != opts.steps:
+        save(done)
+    return {"steps": done, "resumed_from": start, "seconds": time.perf_counter() - t0, "probe_seconds": probing,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "heldout_accuracy": retrieval_accuracy(clip, cfg, device=opts.device),
-            "attribute_accuracy": attribute_accuracy(clip, cfg, device=opts.device),
-            "patch_shuffle_cosine": patch_shuffle_cosine(clip, cfg, device=opts.device), "weights": str(out / CLIP_FILE)}
+            "heldout_accuracy": retrieval_accuracy(clip, cfg, device=opts.device), "probe_curve": curve,
+            **probes(clip, cfg, opts.probe_frames, opts.device), "weights": str(out / CLIP_FILE)}
+
+
+def probes(clip: CLIP, cfg: ModelConfig, frames: int = 200, device: str = "cpu") -> dict[str, Any]:
+    """{"attribute_accuracy": the zero-shot probes on `frames` frames, "patch_shuffle_cosine": ...} of `clip`."""
+    return {"attribute_accuracy": attribute_accuracy(clip, cfg, frames, device=device),
+            "patch_shuffle_cosine": patch_shuffle_cosine(clip, cfg, device=device)}
+

@@ -7,7 +7,11 @@ with no history, the second with the first's history_out (gradients flow through
 it, so the history is learnt). Mask logits are upsampled bilinearly to S x S (as the
 runtime upsamples them) and scored against the masks with 5 Dice + 2 focal over
 both clips. AdamW (lr 5e-5, weight decay 5e-4 by default) with a linear warm-up and
-a cosine decay to a tenth of the rate; gradients clipped to norm 1.
+a cosine decay to a tenth of the rate; gradients clipped to norm 1. With `accumulate`
+N, each optimizer step sums the gradients of N micro-batches of `batch_size` (each
+loss divided by N), which is the gradient of one batch of N * batch_size: the
+samples of step s are those that batch would hold. With a `time_budget` the run
+stops when it is spent, saving the step reached, and the cosine follows the time.
 
 Data: "synthetic" draws sample step * batch + i of the synthetic world `seed`
 (never the held-out seed); any other spec is a dataset (`open_dataset`), visited
@@ -21,6 +25,7 @@ then needed to load it, and its sha256 is checked).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -41,6 +46,7 @@ from rvos_edge.fileio import make_folder
 from rvos_edge.model import VLPRVOS, build_model, load_checkpoint, save_checkpoint
 from rvos_edge.tokenizer import tokenize_for_prompts
 from rvos_edge.runtime.pipeline import prepare_frame
+from rvos_edge.train.loader import check_loop_options, step_batches
 from rvos_edge.train.losses import mask_loss
 from rvos_edge.train.state import OPTIMIZER_FILE, append_log, leg, read_state, resume, save_optimizer, write_state
 
@@ -58,10 +64,13 @@ class RVOSTrainOptions:
     ablate: tuple[str, ...] = ()   # "temporal" (no temporal prompts / PRTC), "history" (no historical prompts)
     steps: int = 3000
     batch_size: int = 4
+    accumulate: int = 1            # micro-batches of batch_size per optimizer step
     lr: float = 5e-5
     weight_decay: float = 5e-4
     warmup: int = 100
     grad_clip: float = 1.0
+    time_budget: float | None = None   # seconds: stop when spent, saving the step reached
+    workers: int = 0               # processes making the batches (0: this one)
     save_every: int = 250
     log_every: int = 10
     device: str = "cpu"
@@ -94,12 +103,14 @@ def ablated_config(cfg: ModelConfig, ablate: tuple[str, ...]) -> ModelConfig:
     return dataclasses.replace(cfg, name=f"{cfg.name}-no-{'-no-'.join(off)}", **{ABLATIONS[a]: False for a in off})
 
 
-def warmup_cosine(step: int, steps: int, warmup: int, lr: float, floor: float = 0.1) -> float:
+def warmup_cosine(step: int, steps: int, warmup: int, lr: float, floor: float = 0.1,
+                  time_fraction: float = 0.0) -> float:
     """Learning rate of `step` (0-based): linear warm-up over `warmup` steps, then cosine from lr
-    down to floor * lr at the last step."""
+    down to floor * lr at the last step. A time-boxed run passes the fraction of its time
+    budget spent: after the warm-up the cosine follows steps or time, whichever is further on."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    progress = max(min(1.0, (step - warmup) / max(1, steps - warmup)), min(1.0, time_fraction))
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -160,12 +171,31 @@ def two_clip_logits(model: VLPRVOS, frames: Tensor, tokens: Tensor) -> Tensor:
     return F.interpolate(logits, size=frames.shape[2:4], mode="bilinear", align_corners=False)
 
 
-def train_step(model: VLPRVOS, optimizer: torch.optim.Optimizer, batch: Batch, grad_clip: float = 1.0) -> dict[str, float]:
-    """One AdamW step on the two-clip loss; returns {"loss", "dice", "focal", "grad_norm"} before the step."""
+def step_batch(data: TrainData, cfg: ModelConfig, batch_size: int, accumulate: int, step: int) -> list[Batch]:
+    """The `accumulate` micro-batches of `step`: micro-batch j is data.batch(step * accumulate + j),
+    so together they hold the samples of one batch of accumulate * batch_size at `step`."""
+    return [data.batch(step * accumulate + j, batch_size, cfg) for j in range(accumulate)]
+
+
+def accumulate_gradients(model: VLPRVOS, batches: list[Batch]) -> dict[str, float]:
+    """Add to the parameters' .grad the gradient of the mean of the micro-batches' two-clip losses
+    (each micro-batch's loss divided by their number); returns the mean parts {"loss", "dice", "focal"}."""
+    sums: dict[str, float] = {}
+    for batch in batches:
+        loss, parts = mask_loss(two_clip_logits(model, batch.frames, batch.tokens), batch.masks)
+        (loss / len(batches)).backward()
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+    return {key: value / len(batches) for key, value in sums.items()}
+
+
+def train_step(model: VLPRVOS, optimizer: torch.optim.Optimizer, batches: Batch | list[Batch],
+               grad_clip: float = 1.0) -> dict[str, float]:
+    """One AdamW step on the two-clip loss of a batch, or on the mean over micro-batches
+    (accumulate_gradients); returns {"loss", "dice", "focal", "grad_norm"} before the step."""
     model.train()
-    loss, parts = mask_loss(two_clip_logits(model, batch.frames, batch.tokens), batch.masks)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    parts = accumulate_gradients(model, [batches] if isinstance(batches, Batch) else batches)
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     optimizer.step()
@@ -179,8 +209,10 @@ def make_optimizer(model: VLPRVOS, lr: float, weight_decay: float) -> torch.opti
 def train_rvos(opts: RVOSTrainOptions, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) into opts.out; returns a summary {"steps", "seconds", "loss_first", "loss_last", ...}."""
     out = Path(opts.out)
-    if opts.steps < 1 or opts.batch_size < 1:
-        raise UserError(f"--steps and --batch-size must be >= 1, got {opts.steps} and {opts.batch_size}")
+    if opts.steps < 1 or opts.batch_size < 1 or opts.accumulate < 1:
+        raise UserError(f"--steps, --batch-size and --accumulate must be >= 1, got {opts.steps}, "
+                        f"{opts.batch_size} and {opts.accumulate}")
+    check_loop_options(opts.time_budget, opts.workers)
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available to torch")
     data = TrainData(opts.data, opts.seed, opts.split)
@@ -204,22 +236,30 @@ def train_rvos(opts: RVOSTrainOptions, progress: bool = True) -> dict[str, Any]:
         write_state(out, "rvos", step, MODEL_FILE, options,
                     legs + [leg(start, step, time.perf_counter() - t0, options)])
 
-    t0, history = time.perf_counter(), []
+    make = functools.partial(step_batch, data, model.config, opts.batch_size, opts.accumulate)
+    t0, history, done = time.perf_counter(), [], start
     bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc=f"train {model.config.name}",
                unit="step", disable=not progress)
-    for step in bar:
+    for step, batches in zip(bar, step_batches(make, start, opts.steps, opts.workers)):
+        elapsed = time.perf_counter() - t0
+        if opts.time_budget is not None and elapsed >= opts.time_budget:
+            break
         for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, opts.steps, opts.warmup, opts.lr)
-        parts = train_step(model, optimizer, data.batch(step, opts.batch_size, model.config).to(opts.device),
-                           opts.grad_clip)
+            group["lr"] = warmup_cosine(step, opts.steps, opts.warmup, opts.lr,
+                                        time_fraction=elapsed / opts.time_budget if opts.time_budget else 0.0)
+        parts = train_step(model, optimizer, [b.to(opts.device) for b in batches], opts.grad_clip)
         history.append(parts["loss"])
+        done = step + 1
         bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        if (step + 1) % opts.log_every == 0 or step + 1 == opts.steps:
-            append_log(out, {"step": step + 1, "lr": optimizer.param_groups[0]["lr"],
+        if done % opts.log_every == 0 or done == opts.steps:
+            append_log(out, {"step": done, "lr": optimizer.param_groups[0]["lr"],
                              "seconds": round(time.perf_counter() - t0, 2), **parts})
-        if (step + 1) % opts.save_every == 0 or step + 1 == opts.steps:
-            save(step + 1)
+        if done % opts.save_every == 0 or done == opts.steps:
+            save(done)
+    bar.close()
+    if done > start and done % opts.save_every and done != opts.steps:
+        save(done)
     seconds = time.perf_counter() - t0
-    return {"steps": opts.steps, "resumed_from": start, "seconds": seconds,
+    return {"steps": done, "resumed_from": start, "seconds": seconds,
             "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None,
             "checkpoint": str(out / MODEL_FILE)}
