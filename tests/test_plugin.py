@@ -19,7 +19,8 @@ import torch
 from rvos_edge.cli import main
 from rvos_edge.export import onnx_export
 from rvos_edge.artifacts.manifest import CLIP_MODEL, expected_graphs, load_manifest
-from rvos_edge.export.plugin_graph import PLUGIN_FILE, plugin_blocker, plugin_nodes
+from rvos_edge.engines.trt.plugin import plugin_blocker
+from rvos_edge.export.plugin_graph import PLUGIN_FILE, plugin_nodes
 from rvos_edge.engines.trt.plugin_kernel import strip_trailing_params
 from rvos_edge.artifacts.tensorrt import PLUGIN_OP, plugin_graph_file
 from rvos_edge.engines.trt.plan import ArtifactSet

@@ -1,6 +1,7 @@
 """TensorRT runtime backend on the CPU: engine entries and their mismatch messages, the install hint when
-TensorRT is missing, and TrtRunner / open_trt driven through fake tensorrt and CUDA modules
-(tests/fake_tensorrt.py) whose engines are the fake ONNX graphs in onnxruntime."""
+TensorRT is missing, and TrtRunner / open_trt running Polygraphy's real TrtRunner, loaders and CUDA wrapper on a
+fake tensorrt module and a fake libcudart (tests/fake_tensorrt.py), whose engines are the fake ONNX graphs in
+onnxruntime."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
-from fake_tensorrt import FakeCudart, FakeEngine, FakeTrt
+from fake_tensorrt import DEVICE_TO_DEVICE, HOST_TO_DEVICE, FakeCudart, FakeEngine, FakeTrt, install_tensorrt
 from rvos_edge.cli import main
 from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import (CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, ManifestError, expected_graphs,
@@ -24,8 +25,8 @@ from rvos_edge.artifacts.tensorrt import (EngineEntry, GpuInfo, check_engine_com
 from rvos_edge.engines.trt.plan import profile_shapes
 from rvos_edge.runtime import Segmenter, open_engines
 from rvos_edge.engines import Engines
-from rvos_edge.engines.trt import runner as trt_backend
-from rvos_edge.engines.trt.runner import TrtRunner, device_index
+from rvos_edge.engines.trt.cuda import device_index
+from rvos_edge.engines.trt.runner import TrtRunner
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TRT = __import__("importlib").util.find_spec("tensorrt") is not None
@@ -159,14 +160,30 @@ def test_runtime_imports_neither_torch_nor_tensorrt() -> None:
     assert p.returncode == 0, p.stderr
 
 
-# ---------------------------------------------------------------- TrtRunner on fake TensorRT
+# ---------------------------------------------------------------- TrtRunner on fake TensorRT, real Polygraphy
 
-def fake_engines(art: Path, cudart: FakeCudart, cuda_graph: bool = False) -> Engines:
+def install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeTrt, FakeCudart]:
+    """The fake tensorrt module and libcudart under Polygraphy (profiles: TINY, batch 1..MAX_BATCH), for one
+    test; the test is skipped where the real TensorRT is installed."""
+    if HAS_TRT:
+        pytest.skip("the real TensorRT is installed: see tests/test_tensorrt_gpu.py")
+    profiles = {}
+    for shapes in profile_shapes(TINY, (TINY.clip_len, TINY.clip_len), MAX_BATCH).values():
+        profiles.update(shapes)
+    trt = install_tensorrt(monkeypatch, FakeCudart(), profiles)
+    return trt, trt.cudart
+
+
+@pytest.fixture()
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTrt:
+    return install_fake_tensorrt(monkeypatch)[0]
+
+
+def fake_engines(art: Path, trt, cuda_graph: bool = False) -> Engines:
     manifest = load_manifest(art)
     specs = expected_graphs(manifest.config, manifest.clip_len)
     profiles = profile_shapes(manifest.config, manifest.clip_len, MAX_BATCH)
-    runners = {g: TrtRunner(FakeTrt(cudart), cudart,
-                            FakeEngine((art / f"{g}.onnx").read_bytes(), profiles[g], cudart), g,
+    runners = {g: TrtRunner(trt, FakeEngine((art / f"{g}.onnx").read_bytes(), profiles[g], trt), g,
                             (*specs[g].inputs, *specs[g].outputs), cuda_graph) for g in GRAPH_NAMES}
     return Engines(text=runners[TEXT_ENCODER], clip=runners[CLIP_MODEL], config=manifest.config, precision="fp32",
                    clip_len=manifest.clip_len, backend="trt", source=str(art))
@@ -182,8 +199,8 @@ def clip_feeds(seed: int, batch: int = 1) -> dict[str, np.ndarray]:
             "has_history": np.ones((batch, 1), np.float32)}
 
 
-def test_runner_matches_the_graph(art: Path) -> None:
-    engines = fake_engines(art, FakeCudart())
+def test_runner_matches_the_graph(art: Path, fake_trt) -> None:
+    engines = fake_engines(art, fake_trt)
     assert [t.name for t in engines.clip.inputs][0] == "frames" and engines.clip.outputs[0].dtype == "float32"
     feeds = clip_feeds(0)
     out = engines.clip.run(feeds)
@@ -195,10 +212,23 @@ def test_runner_matches_the_graph(art: Path) -> None:
     text = engines.text.run({"tokens": tokens})                  # batch 2, within the profile
     np.testing.assert_allclose(text["text_global"], ref_text(tokens)["text_global"], rtol=1e-6)
     np.testing.assert_array_equal(text["text_mask"], tokens != 0)
+    one = engines.text.run({"tokens": tokens[:1]})               # a smaller batch in the same buffers
+    np.testing.assert_allclose(one["text_global"], text["text_global"][:1], rtol=1e-6)
 
 
-def test_runner_refuses_shapes_outside_the_profile(art: Path) -> None:
-    engines = fake_engines(art, FakeCudart())
+def test_inputs_go_through_the_runners_own_buffers(art: Path, fake_trt) -> None:
+    engines = fake_engines(art, fake_trt)
+    buffers = {n: b.ptr for n, b in engines.clip._buffers.items()}
+    engines.clip.run(clip_feeds(0))
+    engines.clip.run(clip_feeds(1, batch=2))
+    context = fake_trt.engines[-1].contexts[0]
+    assert {n: b.ptr for n, b in engines.clip._buffers.items()} == buffers     # allocated once, at the largest shape
+    assert {n: context.addresses[n] for n in buffers} == buffers                # what the engine reads
+    assert all(fake_trt.cudart.copies_into(p) == [HOST_TO_DEVICE] * 2 for p in buffers.values())
+
+
+def test_runner_refuses_shapes_outside_the_profile(art: Path, fake_trt) -> None:
+    engines = fake_engines(art, fake_trt)
     with pytest.raises(UserError, match=r"input frames has shape \(3, 3, 64, 64, 3\).*larger --max-batch"):
         engines.clip.run(clip_feeds(0, batch=3))
     with pytest.raises(UserError, match="clip_model needs inputs history"):
@@ -207,14 +237,12 @@ def test_runner_refuses_shapes_outside_the_profile(art: Path) -> None:
 
 def history_uploads(cudart: FakeCudart, engines: Engines) -> tuple[int, int]:
     """(host-to-device, device-to-device) copies into the clip runner's history buffer so far."""
-    target = engines.clip._device["history"]
-    kinds = [k.name for k, dst, _ in cudart.copies if dst == target]
-    return kinds.count("cudaMemcpyHostToDevice"), kinds.count("cudaMemcpyDeviceToDevice")
+    kinds = cudart.copies_into(engines.clip._buffers["history"].ptr)
+    return kinds.count(HOST_TO_DEVICE), kinds.count(DEVICE_TO_DEVICE)
 
 
-def test_history_stays_on_the_device_between_clips(art: Path) -> None:
-    cudart = FakeCudart()
-    engines = fake_engines(art, cudart)
+def test_history_stays_on_the_device_between_clips(art: Path, fake_trt) -> None:
+    engines = fake_engines(art, fake_trt)
     frames = [np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8) for i in range(10)]
     reference = Segmenter.open(art, backend="ort")
     seg = Segmenter(engines)
@@ -222,21 +250,20 @@ def test_history_stays_on_the_device_between_clips(art: Path) -> None:
         s.set_expression("the red cup")
     got = [r for f in frames[:9] for r in seg.push(f)]
     want = [r for f in frames[:9] for r in reference.push(f)]
-    assert history_uploads(cudart, engines) == (1, 2)             # zeros once, then history_out -> history
+    assert history_uploads(fake_trt.cudart, engines) == (1, 2)             # zeros once, then history_out -> history
     seg.reset()
     reference.reset()
     got += [r for f in frames[9:] for r in seg.push(f)] + seg.flush()
     want += [r for f in frames[9:] for r in reference.push(f)] + reference.flush()
-    assert history_uploads(cudart, engines) == (2, 2)             # a reset uploads zeros again
+    assert history_uploads(fake_trt.cudart, engines) == (2, 2)             # a reset uploads zeros again
     assert [r.index for r in got] == [r.index for r in want] == [*range(9), 0]
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a.mask, b.mask)
         assert a.score == pytest.approx(b.score, abs=1e-6)
 
 
-def test_history_out_is_read_only_and_other_histories_are_uploaded(art: Path) -> None:
-    cudart = FakeCudart()
-    engines = fake_engines(art, cudart)
+def test_history_out_is_read_only_and_other_histories_are_uploaded(art: Path, fake_trt) -> None:
+    engines = fake_engines(art, fake_trt)
     feeds = clip_feeds(1)
     first = engines.clip.run(feeds)["history_out"]
     assert not first.flags.writeable
@@ -244,50 +271,36 @@ def test_history_out_is_read_only_and_other_histories_are_uploaded(art: Path) ->
         first[0, 0, 0] = 1.0
     same = engines.clip.run({**feeds, "history": first})
     copied = engines.clip.run({**feeds, "history": first.copy()})
-    assert history_uploads(cudart, engines) == (2, 1)
+    assert history_uploads(fake_trt.cudart, engines) == (2, 1)
     np.testing.assert_array_equal(same["mask_logits"], copied["mask_logits"])
     np.testing.assert_array_equal(same["history_out"], copied["history_out"])
     logits, _ = ref_clip(feeds["frames"][0], feeds, first[0], 1.0)
     np.testing.assert_allclose(same["mask_logits"][0], logits, atol=1e-5)
 
 
-def test_cuda_graph_is_captured_on_the_second_run_and_replayed(art: Path) -> None:
-    cudart = FakeCudart()
-    engines = fake_engines(art, cudart, cuda_graph=True)
-    feeds = clip_feeds(2)
-    outs = [engines.clip.run(feeds) for _ in range(3)]
-    context = engines.clip._context
-    assert cudart.launches == 2 and context.executions == 3 and len(engines.clip._graphs) == 1
-    for out in outs[1:]:
-        np.testing.assert_array_equal(out["mask_logits"], outs[0]["mask_logits"])
-    engines.clip.run(clip_feeds(3, batch=2))                      # new shapes: run plainly first
-    assert cudart.launches == 2 and context.executions == 4
+def test_cuda_graph_is_captured_on_the_second_run_and_replayed(art: Path, fake_trt) -> None:
+    engines = fake_engines(art, fake_trt, cuda_graph=True)
+    cudart = fake_trt.cudart
+    runs = [clip_feeds(2), clip_feeds(3), clip_feeds(4)]
+    outs = [engines.clip.run(f) for f in runs]
+    context = fake_trt.engines[-1].contexts[0]
+    assert cudart.launches == 2 and context.executions == 3 and engines.clip._graph is not None
+    for feeds, out in zip(runs, outs):                            # replays read the new inputs
+        logits, history = ref_clip(feeds["frames"][0], feeds, feeds["history"][0], 1.0)
+        np.testing.assert_allclose(out["mask_logits"][0], logits, atol=1e-5)
+        np.testing.assert_allclose(out["history_out"][0], history, atol=1e-5)
+    engines.clip.run(clip_feeds(5, batch=2))                      # new shapes: the graph is dropped, a plain run
+    assert cudart.launches == 2 and context.executions == 4 and engines.clip._graph is None
+    engines.clip.run(clip_feeds(6, batch=2))
+    assert cudart.launches == 3 and context.executions == 5
 
 
-# ---------------------------------------------------------------- open_trt on fake TensorRT
+# ---------------------------------------------------------------- open_trt on fake TensorRT, real Polygraphy
 
-def install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeTrt, FakeCudart]:
-    """Make the trt backend load the fake TensorRT and CUDA runtime (profiles: TINY, batch 1..MAX_BATCH)."""
-    cudart = FakeCudart()
-    profiles = {}
-    for shapes in profile_shapes(TINY, (TINY.clip_len, TINY.clip_len), MAX_BATCH).values():
-        profiles.update(shapes)
-    trt = FakeTrt(cudart, profiles)
-    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: trt)
-    monkeypatch.setattr(trt_backend, "cuda_runtime", lambda: cudart)
-    return trt, cudart
-
-
-@pytest.fixture()
-def fake_modules(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeTrt, FakeCudart]:
-    return install_fake_tensorrt(monkeypatch)
-
-
-def test_open_trt_runs_the_engines_of_the_manifest(art: Path, fake_modules) -> None:
-    trt, _ = fake_modules
+def test_open_trt_runs_the_engines_of_the_manifest(art: Path, fake_trt) -> None:
     add_engines(art, entry("fp16", art))
     seg = Segmenter.open(art, backend="trt", precision="fp16", device="cuda", threads=4)
-    assert seg.engines.backend == "trt" and seg.engines.precision == "fp16" and len(trt.engines) == 2
+    assert seg.engines.backend == "trt" and seg.engines.precision == "fp16" and len(fake_trt.engines) == 2
     reference = Segmenter.open(art, backend="ort")
     frames = [np.full((20, 20, 3), 40 * i, np.uint8) for i in range(4)]
     results = []
@@ -299,23 +312,28 @@ def test_open_trt_runs_the_engines_of_the_manifest(art: Path, fake_modules) -> N
 
 
 @pytest.mark.parametrize("setup, fragment", [
-    (lambda trt, cudart: setattr(trt, "__version__", "10.7.0"), "built with TensorRT 10.3.0 but TensorRT 10.7.0"),
-    (lambda trt, cudart: setattr(cudart, "gpu", ("Jetson Orin", 8, 7)), "this GPU is Jetson Orin"),
-    (lambda trt, cudart: setattr(cudart, "devices", 0), "no usable CUDA GPU 0"),
+    (lambda trt: setattr(trt, "__version__", "10.7.0"), "built with TensorRT 10.3.0 but TensorRT 10.7.0"),
+    (lambda trt: setattr(trt.cudart, "gpu", ("Jetson Orin", 8, 7)), "this GPU is Jetson Orin"),
+    (lambda trt: setattr(trt.cudart, "gpu", ("Fake GPU", 9, 0)), r"this GPU is Fake GPU \(compute capability 9.0\)"),
+    (lambda trt: setattr(trt.cudart, "devices", 0), r"no usable CUDA GPU 0 \(0 found\)"),
 ])
-def test_open_trt_refuses_mismatched_engines(art: Path, fake_modules, setup, fragment: str) -> None:
+def test_open_trt_refuses_mismatched_engines(art: Path, fake_trt, setup, fragment: str) -> None:
     add_engines(art, entry("fp16", art))
-    setup(*fake_modules)
+    setup(fake_trt)
     with pytest.raises(UserError, match=fragment):
         open_engines(art, backend="trt", precision="fp16")
+    assert fake_trt.engines == []
 
 
-def test_open_trt_reports_an_engine_tensorrt_cannot_load(art: Path, fake_modules) -> None:
+def test_open_trt_reports_an_engine_tensorrt_cannot_load(art: Path, fake_trt, capsys: pytest.CaptureFixture) -> None:
     e = entry("fp32", art)
     add_engines(art, e)
     (art / e.files["clip_model"]).write_bytes(b"not an engine")
     m = load_manifest(art, verify_files=False)
     write_manifest(art, dataclasses.replace(m, files={**m.files, **hash_files(art, [e.files["clip_model"]])}))
-    with pytest.raises(UserError, match="TensorRT cannot load .*clip_model.engine"):
+    with pytest.raises(UserError) as error:
         open_engines(art, backend="trt")
-    assert json.loads((art / "manifest.json").read_text())["tensorrt"]["engines"]["fp32"]["gpu"] == "Fake GPU"
+    assert str(error.value) == (f"TensorRT cannot load {art / 'clip_model.engine'}: 1: [runtime.cpp::parsePlan::314] "
+                                "Error Code 1: Serialization assertion plan->header.magicTag == "
+                                "rt::kPLAN_MAGIC_TAG failed.")
+    assert capsys.readouterr().out == ""                          # Polygraphy's messages are not printed

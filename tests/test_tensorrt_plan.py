@@ -11,8 +11,8 @@ from fake_artifacts import TINY, make_fake_artifacts
 from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import hash_files, load_manifest, write_manifest
 from rvos_edge.artifacts.tensorrt import plugin_section
-from rvos_edge.engines.trt.plan import (ArtifactSet, GraphPlan, TrtVersion, calibration_cache_for, plan_build,
-                                       profile_shapes)
+from rvos_edge.artifacts.calib_cache import calibration_cache_for
+from rvos_edge.engines.trt.plan import ArtifactSet, GraphPlan, TrtVersion, plan_build, profile_shapes
 
 BASE = {"text_encoder": "text_encoder.onnx", "clip_model": "clip_model.onnx"}
 FP16 = {"text_encoder": "text_encoder.fp16.onnx", "clip_model": "clip_model.fp16.onnx"}
@@ -191,9 +191,9 @@ def test_artifact_set_from_a_manifest(tmp_path: Path) -> None:
 @pytest.mark.parametrize("version, number", [("10.7.0", b"100700"), ("10.3.0", b"100300"), ("11.1.2", b"110102")])
 def test_calibration_cache_header_is_rewritten_for_the_installed_version(version: str, number: bytes) -> None:
     body = b"input.1: 3c010a14\nnode_MatMul_12: 3d8f5c29\n"
-    cache, algorithm = calibration_cache_for(b"TRT-100300-EntropyCalibration2\n" + body, TrtVersion.parse(version))
+    cache, algorithm = calibration_cache_for(b"TRT-100300-EntropyCalibration2\n" + body, version)
     assert cache == b"TRT-" + number + b"-EntropyCalibration2\n" + body and algorithm == "EntropyCalibration2"
-    _, algorithm = calibration_cache_for(b"TRT-8601-MinMaxCalibration\n" + body, TrtVersion.parse(version))
+    _, algorithm = calibration_cache_for(b"TRT-8601-MinMaxCalibration\n" + body, version)
     assert algorithm == "MinMaxCalibration"
     with pytest.raises(UserError, match="not a TensorRT calibration cache"):
-        calibration_cache_for(b"hello\n" + body, TrtVersion.parse(version))
+        calibration_cache_for(b"hello\n" + body, version)

@@ -39,6 +39,7 @@ import re
 
 import numpy as np
 
+from rvos_edge.artifacts.calib_cache import trt_version_number
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes
 
@@ -147,15 +148,6 @@ def _entropy_amax(hist: np.ndarray, top: float) -> float:
         if kl[k] < best_kl:
             best, best_kl = int(block[k]), float(kl[k])
     return best * top / hist.size
-
-
-def trt_version_number(version: str) -> int:
-    """NV_TENSORRT_VERSION of a "MAJOR.MINOR.PATCH" string (10.3.0 -> 100300; 8.6.1 -> 8601)."""
-    match = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
-    if match is None:
-        raise UserError(f"TensorRT version must look like 10.3.0, got {version!r}")
-    major, minor, patch = int(match[1]), int(match[2]), int(match[3] or 0)
-    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
 
 
 def scale_hex(amax: float) -> str:

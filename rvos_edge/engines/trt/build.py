@@ -1,4 +1,4 @@
-"""``rvos-edge build DIR --backend trt``: TensorRT engines for an artifact folder.
+"""``rvos-edge build DIR --backend trt``: TensorRT engines for an artifact folder, built with Polygraphy's loaders.
 
     result = build_engines("artifacts/", "fp16", workspace_gb=4, max_batch=2)
     result.entry.files        # {"text_encoder": "text_encoder.fp16.engine", "clip_model": "clip_model.fp16.engine"}
@@ -6,33 +6,47 @@
 Steps: read the manifest; detect the installed TensorRT and make the build plan
 (`rvos_edge.engines.trt.plan`: weakly typed with builder flags on 10.x, strongly
 typed from the precision's ONNX on 11, the plugin graph or its decomposed
-fallback); register the CubeFrameAttention plugin when the plan uses it; parse
-each graph with TensorRT's ONNX parser, add one optimisation profile (batch
-1..max_batch, the export's clip-length range), load the timing cache, set the
-flags (and, for INT8 from a calibration cache on 10.x, a calibrator that only
-reads the cache) and build. Then, each atomically: the engines
-(``<graph>[.<precision>].engine``), the timing cache (default
-``DIR/tensorrt.timing.cache``, shared by all builds), the build log
-(``tensorrt_build.<precision>.log``: the plan, the GPU, the profiles, TensorRT's
-messages; written also when the build fails) and, last, the manifest with the
-engine entry (TensorRT version, GPU name and compute capability, precision,
-source ONNX and their sha256). Needs tensorrt and cuda-python, imported when called;
-no torch unless the plan uses the plugin.
+fallback); select the GPU; register the CubeFrameAttention plugin when the plan
+uses it. Each graph is then built by Polygraphy (`polygraphy.backend.trt`):
+- the network: ``network_from_onnx_path``, or, when the plan has network creation
+  flags (PREFER_AOT_PYTHON_PLUGINS, which Polygraphy's network loaders cannot
+  set), `network` creates it with them and parses the ONNX the way Polygraphy does;
+- the builder config: `create_config`, a ``CreateConfig`` with the plan's flags
+  (fp16, int8; tf32 off where the plan clears TF32), one ``Profile`` (batch
+  1..max_batch, the export's clip-length range), the workspace pool limit, the
+  timing cache to load and, for INT8 from a calibration cache on TensorRT 10.x,
+  `cache_calibrator`: Polygraphy's ``Calibrator`` with no data, reading only the
+  cache (its header rewritten for the installed TensorRT, which ignores a cache of
+  another version);
+- ``engine_bytes_from_network``, which builds and merges the new timings into the
+  timing cache file (default ``DIR/tensorrt.timing.cache``, shared by all builds;
+  Polygraphy locks it with a ``.lock`` file beside it).
+Then, each atomically: the engines (``<graph>[.<precision>].engine``), the build
+log (``tensorrt_build.<precision>.log``: the plan, the GPU, the profiles and
+Polygraphy's and TensorRT's messages; written also when the build fails) and,
+last, the manifest with the engine entry (TensorRT version, GPU name and compute
+capability, precision, source ONNX and their sha256). A failure is one line
+(a UserError) naming what failed, with TensorRT's last error. Needs tensorrt and
+polygraphy, imported when called; no torch unless the plan uses the plugin.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tqdm import tqdm
 
-from rvos_edge.errors import UserError
+from rvos_edge.artifacts.calib_cache import calibration_cache_for
 from rvos_edge.artifacts.manifest import GRAPH_NAMES, hash_files, load_manifest, write_manifest
 from rvos_edge.artifacts.tensorrt import EngineEntry, GpuInfo, engine_file, with_engines
-from rvos_edge.engines.trt.plan import (ArtifactSet, BuildPlan, GraphPlan, TrtVersion, calibration_cache_for,
-                                       plan_build, profile_shapes)
+from rvos_edge.engines.trt.cuda import device_index, select_device
+from rvos_edge.engines.trt.messages import VERBOSE, Messages, captured
+from rvos_edge.engines.trt.plan import ArtifactSet, BuildPlan, GraphPlan, Shape, TrtVersion, plan_build, profile_shapes
+from rvos_edge.engines.trt.runner import import_tensorrt
+from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes
 
 DEFAULT_TIMING_CACHE = "tensorrt.timing.cache"
@@ -59,95 +73,96 @@ class BuildResult:
                 f"{self.entry.tensorrt_version} on {gpu} in {self.seconds:.0f} s{plugin}: {files}")
 
 
-def _cache_calibrator(trt: Any, cache: bytes, algorithm: str) -> Any:
-    """An INT8 calibrator that only hands TensorRT 10.x `cache` (no calibration data is ever read)."""
+def cache_calibrator(trt: Any, cache: bytes, version: TrtVersion, file: IO[bytes]) -> Any:
+    """Polygraphy's Calibrator for TensorRT 10.x that only reads `cache` (a TensorRT calibration cache) with
+    its header rewritten for `version`: it has no calibration data (an empty data loader).
+
+    file: an open temporary file to hold the cache while the engine builds (Polygraphy reads a
+    cache from a path or a file with a descriptor). The header's algorithm picks the calibrator class.
+    """
+    from polygraphy.backend.trt import Calibrator
+
+    data, algorithm = calibration_cache_for(cache, str(version))
     if algorithm not in CALIBRATORS:
         raise UserError(f"calibration cache algorithm {algorithm!r} is not supported "
                         f"(supported: {', '.join(CALIBRATORS)})")
-    base = getattr(trt, CALIBRATORS[algorithm])
-
-    class CacheCalibrator(base):
-        def __init__(self) -> None:
-            base.__init__(self)
-
-        def get_batch_size(self) -> int:
-            return 1
-
-        def get_batch(self, names: list[str]) -> None:
-            return None
-
-        def read_calibration_cache(self) -> bytes:
-            return cache
-
-        def write_calibration_cache(self, data: Any) -> None:
-            return None
-
-    return CacheCalibrator()
+    file.write(data)
+    file.flush()
+    return Calibrator(data_loader=[], cache=file, BaseClass=getattr(trt, CALIBRATORS[algorithm]))
 
 
-class _Builder:
-    """One build: the TensorRT builder, logger and timing cache shared by both graphs."""
+def create_config(trt: Any, plan: BuildPlan, graph: GraphPlan, shapes: dict[str, tuple[Shape, Shape, Shape]],
+                  workspace_gb: float | None, timing_cache: Path, calibrator: Any = None) -> Any:
+    """Polygraphy's CreateConfig for one graph of `plan`: its builder flags, one profile of `shapes`
+    ({input: (min, opt, max)}), the workspace limit (None: TensorRT's default), the timing cache to
+    load (when the file exists) and the INT8 calibrator (None without a calibration cache)."""
+    from polygraphy.backend.trt import CreateConfig, Profile
 
-    def __init__(self, trt: Any, folder: Path, plan: BuildPlan, workspace_gb: float | None, cache_blob: bytes) -> None:
-        from rvos_edge.engines.trt.runner import make_logger
+    profile = Profile()
+    for tensor, (lo, opt, hi) in shapes.items():
+        profile.add(tensor, min=lo, opt=opt, max=hi)
+    pools = None if workspace_gb is None else {trt.MemoryPoolType.WORKSPACE: int(workspace_gb * 2 ** 30)}
+    # TF32 is TensorRT's default: kept unless the plan clears it (Polygraphy clears it unless tf32=True)
+    return CreateConfig(tf32="TF32" not in plan.cleared_flags, fp16="FP16" in graph.builder_flags,
+                        int8="INT8" in graph.builder_flags, profiles=[profile], calibrator=calibrator,
+                        load_timing_cache=str(timing_cache) if timing_cache.is_file() else None,
+                        memory_pool_limits=pools)
 
-        self.trt, self.folder, self.plan, self.workspace_gb = trt, folder, plan, workspace_gb
-        self.logger = make_logger(trt, keep=trt.ILogger.Severity.INFO)
-        self.builder = trt.Builder(self.logger)
-        self.notices: list[str] = []
-        config = self.builder.create_builder_config()
-        self.timing_cache = config.create_timing_cache(cache_blob)
-        if cache_blob and (self.timing_cache is None or not config.set_timing_cache(self.timing_cache, False)):
-            self.notices.append("the timing cache was written by another TensorRT version or GPU: starting a new one")
-            self.timing_cache = config.create_timing_cache(b"")
 
-    def network(self, graph: GraphPlan) -> tuple[Any, Any]:
-        """(network, parser) of the graph's ONNX, parsed; a parse failure is a UserError."""
-        trt = self.trt
-        flags = 0
-        for name in self.plan.network_flags:
-            flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-        network = self.builder.create_network(flags)
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse_from_file(str(self.folder / graph.onnx)):
-            errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
-            raise UserError(f"TensorRT cannot parse {graph.onnx}: {errors[0] if errors else self.logger.last_error}")
-        return network, parser
+def network(trt: Any, path: Path, plan: BuildPlan) -> tuple[Any, Any, Any]:
+    """(builder, network, parser) of the ONNX file `path`, parsed, with the plan's network creation flags.
 
-    def build(self, name: str, graph: GraphPlan, shapes: dict[str, tuple]) -> bytes:
-        """The serialized engine of one graph."""
-        trt = self.trt
-        network, _parser = self.network(graph)
-        config = self.builder.create_builder_config()
-        for flag in graph.builder_flags:        # FP16 / INT8 exist on TensorRT 10.x only (removed in 11)
-            config.set_flag(getattr(trt.BuilderFlag, flag))
-        for flag in self.plan.cleared_flags:
-            config.clear_flag(getattr(trt.BuilderFlag, flag))
-        if self.workspace_gb is not None:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(self.workspace_gb * 2 ** 30))
-        profile = self.builder.create_optimization_profile()
-        for tensor, (lo, opt, hi) in shapes.items():
-            profile.set_shape(tensor, lo, opt, hi)
-        config.add_optimization_profile(profile)
-        config.set_timing_cache(self.timing_cache, False)
+    Polygraphy's network_from_onnx_path takes no creation flag but STRONGLY_TYPED, which the plan never
+    sets (TensorRT 11 types every network strongly and ignores it); a plan with flags gets its network
+    created here with them, with Polygraphy's TensorRT logger, and parsed as Polygraphy does.
+    """
+    from polygraphy.backend.trt import get_trt_logger, network_from_onnx_path
+
+    if not plan.network_flags:
+        return network_from_onnx_path(str(path))
+    logger = get_trt_logger()
+    builder = trt.Builder(logger)
+    flags = 0
+    for name in plan.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    net = builder.create_network(flags)
+    parser = trt.OnnxParser(net, logger)
+    if not parser.parse_from_file(str(path)):
+        errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+        raise UserError(f"TensorRT cannot parse {path.name}: {errors[0] if errors else 'see the build log'}")
+    return builder, net, parser
+
+
+def _build(trt: Any, folder: Path, plan: BuildPlan, name: str, shapes: dict[str, tuple[Shape, Shape, Shape]],
+           workspace_gb: float | None, timing_cache: Path, messages: Messages) -> bytes:
+    """The serialized engine of graph `name` (the timing cache file updated); failures are UserErrors."""
+    from polygraphy.backend.trt import engine_bytes_from_network
+    from polygraphy.exception import PolygraphyException
+
+    graph = plan.graphs[name]
+    with tempfile.TemporaryFile() as cache_file:
         calibrator = None
         if graph.calibration_cache is not None:
             try:
-                raw = (self.folder / graph.calibration_cache).read_bytes()
+                cache = (folder / graph.calibration_cache).read_bytes()
             except OSError as e:
-                raise UserError(f"cannot read {self.folder / graph.calibration_cache}: {e.strerror}") from None
-            cache, algorithm = calibration_cache_for(raw, self.plan.version)
-            calibrator = _cache_calibrator(trt, cache, algorithm)
-            config.int8_calibrator = calibrator        # TensorRT 10.x (deprecated in 10.1, removed in 11)
-            config.set_calibration_profile(profile)    # dynamic shapes: the profile the scales apply to (10.x)
-        serialized = self.builder.build_serialized_network(network, config)   # calibrator stays alive until here
-        if serialized is None:
+                raise UserError(f"cannot read {folder / graph.calibration_cache}: {e.strerror}") from None
+            calibrator = cache_calibrator(trt, cache, plan.version, cache_file)
+        config = create_config(trt, plan, graph, shapes, workspace_gb, timing_cache, calibrator)
+        try:
+            parsed = network(trt, folder / graph.onnx, plan)
+        except PolygraphyException as e:
+            raise UserError(f"TensorRT cannot parse {graph.onnx}: {messages.last_error or str(e).splitlines()[0]}") \
+                from None
+        try:
+            return bytes(engine_bytes_from_network(parsed, config=config, save_timing_cache=str(timing_cache)))
+        except PolygraphyException:
             raise UserError(f"TensorRT could not build {name} from {graph.onnx}: "
-                            f"{self.logger.last_error or 'see the build log'}")
-        return bytes(serialized)
+                            f"{messages.last_error or 'see the build log'}") from None
 
 
 def _log_text(plan: BuildPlan, gpu: GpuInfo, profiles: dict, lines: list[str]) -> bytes:
+    """The build log: the plan, the GPU, the profiles, then Polygraphy's and TensorRT's messages."""
     head = [plan.describe(), f"GPU: {gpu}"]
     head += [f"profile {g} {t}: min {lo} opt {opt} max {hi}"
              for g, shapes in profiles.items() for t, (lo, opt, hi) in shapes.items()]
@@ -163,8 +178,6 @@ def build_engines(folder: str | Path, precision: str = "fp32", workspace_gb: flo
     max_batch: largest batch of the profiles; timing_cache: file to load and update
     (default DIR/tensorrt.timing.cache); device: "cuda" or "cuda:N".
     """
-    from rvos_edge.engines.trt.runner import cuda_call, cuda_runtime, device_index, gpu_info, import_tensorrt
-
     t0 = time.perf_counter()
     folder = Path(folder)
     if workspace_gb is not None and workspace_gb <= 0:
@@ -172,44 +185,35 @@ def build_engines(folder: str | Path, precision: str = "fp32", workspace_gb: flo
     manifest = load_manifest(folder)
     profiles = profile_shapes(manifest.config, manifest.clip_len, max_batch)
     trt = import_tensorrt()
-    version = TrtVersion.parse(trt.__version__)
     artifacts = ArtifactSet.from_manifest(manifest, str(folder))
     blocker = None
     if artifacts.plugin_graph is not None:
-        from rvos_edge.export.plugin_graph import plugin_blocker
+        from rvos_edge.engines.trt.plugin import plugin_blocker
 
         blocker = plugin_blocker()
-    plan = plan_build(version, precision, artifacts, blocker)
-    cudart = cuda_runtime()
-    index = device_index(device)
-    gpu = gpu_info(cudart, index)
-    cuda_call(cudart, cudart.cudaSetDevice(index))
+    plan = plan_build(TrtVersion.parse(trt.__version__), precision, artifacts, blocker)
+    gpu = select_device(device_index(device))
     if plan.plugin is not None:
-        from rvos_edge.export.plugin_graph import register_plugin
+        from rvos_edge.engines.trt.plugin import register_plugin
 
         register_plugin(aot=plan.plugin == "aot")
     cache_path = Path(timing_cache) if timing_cache is not None else folder / DEFAULT_TIMING_CACHE
-    try:
-        cache_blob = cache_path.read_bytes() if cache_path.is_file() else b""
-    except OSError as e:
-        raise UserError(f"cannot read timing cache {cache_path}: {e.strerror}") from None
-    builder = _Builder(trt, folder, plan, workspace_gb, cache_blob)
     log_name = f"tensorrt_build.{precision}.log"
     engines: dict[str, bytes] = {}
-    try:
-        for graph in tqdm(GRAPH_NAMES, desc=f"trt {precision}", unit="engine", disable=not progress, leave=False):
-            engines[graph] = builder.build(graph, plan.graphs[graph], profiles[graph])
-    finally:
-        atomic_write_bytes(folder / log_name, _log_text(plan, gpu, profiles, builder.logger.lines))
+    with captured(VERBOSE) as messages:
+        try:
+            for graph in tqdm(GRAPH_NAMES, desc=f"trt {precision}", unit="engine", disable=not progress, leave=False):
+                engines[graph] = _build(trt, folder, plan, graph, profiles[graph], workspace_gb, cache_path, messages)
+        finally:
+            atomic_write_bytes(folder / log_name, _log_text(plan, gpu, profiles, messages.lines))
     files = {g: engine_file(g, precision) for g in GRAPH_NAMES}
     for graph, data in engines.items():
         atomic_write_bytes(folder / files[graph], data)
-    atomic_write_bytes(cache_path, bytes(builder.timing_cache.serialize()))
     entry = EngineEntry(
         precision=precision, tensorrt_version=trt.__version__, gpu=gpu.name, compute_capability=gpu.compute_capability,
         files=files, onnx={g: {"file": p.onnx, "sha256": manifest.files[p.onnx]} for g, p in plan.graphs.items()},
         strongly_typed=plan.strongly_typed, plugin=plan.plugin, max_batch=max_batch, timing_cache=str(cache_path),
-        log=log_name, notices=[*plan.notices, *builder.notices])
+        log=log_name, notices=list(plan.notices))
     write_manifest(folder, with_engines(manifest, entry, hash_files(folder, files.values())))
     return BuildResult(plan=plan, entry=entry, sizes={g: len(d) for g, d in engines.items()},
                        seconds=time.perf_counter() - t0)

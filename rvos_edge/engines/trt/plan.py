@@ -47,7 +47,8 @@ MIN_VERSION = (10, 0)
 JIT_PLUGINS = (10, 6)       # tensorrt.plugin (register/impl): Python plugins, run just in time
 AOT_PLUGINS = (10, 9)       # tensorrt.plugin.aot_impl: plugin kernels compiled into the engine
 STRONG_ONLY_MAJOR = 11      # TensorRT 11: FP16/INT8 builder flags and the calibrator removed
-INSTALL_HINT = "pip install 'rvos-edge[trt]' (on Jetson, TensorRT comes with JetPack)"
+INSTALL_HINT = ("pip install 'rvos-edge[trt]' (tensorrt and polygraphy; on Jetson, TensorRT comes with JetPack: "
+                "pip install polygraphy)")
 
 Shape = tuple[int, ...]
 
@@ -237,20 +238,3 @@ def profile_shapes(config: ModelConfig, clip_len: tuple[int, int],
             for t in spec.inputs}
     return profiles
 
-
-def calibration_cache_for(cache: bytes, version: TrtVersion) -> tuple[bytes, str]:
-    """(`cache` with its header for `version`, calibration algorithm) of a TensorRT calibration cache.
-
-    The header is ``TRT-<NV_TENSORRT_VERSION>-<algorithm>``; TensorRT ignores a cache
-    whose version is not its own (and would then try to calibrate without data),
-    while the scales below the header do not depend on the version, so the header
-    is rewritten. The algorithm (e.g. EntropyCalibration2) picks the calibrator class.
-    """
-    from rvos_edge.calib.stats import trt_version_number
-
-    head, sep, body = cache.partition(b"\n")
-    m = re.fullmatch(rb"TRT-\d+-(\w+)", head.strip())
-    if m is None:
-        raise UserError(f"not a TensorRT calibration cache (first line {head[:40]!r})")
-    algorithm = m[1].decode()
-    return f"TRT-{trt_version_number(str(version))}-{algorithm}".encode() + sep + body, algorithm
