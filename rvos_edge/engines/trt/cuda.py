@@ -16,7 +16,7 @@ has no wrapper for:
   cudaGraphInstantiateWithFlags (CUDA >= 11.4, same signature in 12 and 13),
   cudaGraphLaunch, cudaGraphDestroy and cudaGraphExecDestroy, for CUDA-graph replay.
 A failed call is a RuntimeError naming the CUDA error (cudaGetErrorName).
-Importing this module imports nothing but the standard library; polygraphy is imported when used.
+Importing this module imports no third-party module; polygraphy is imported when used.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import weakref
 from typing import Any, Callable
 
 from rvos_edge.artifacts.tensorrt import GpuInfo
+from rvos_edge.engines.trt.messages import captured
 from rvos_edge.errors import UserError
 
 CAPTURE_THREAD_LOCAL = 1                    # cudaStreamCaptureModeThreadLocal
@@ -38,7 +39,8 @@ def cudart() -> Any:
     from polygraphy import cuda
 
     try:
-        return cuda.wrapper().handle
+        with captured():                        # Polygraphy's warnings while it searches for the library
+            return cuda.wrapper().handle
     except OSError as e:
         raise UserError(f"cannot load the CUDA runtime library libcudart: {e}") from None
 
