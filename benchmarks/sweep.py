@@ -33,7 +33,9 @@ from tqdm import tqdm
 from rvos_edge.bench import environment, machine_name, markdown_table, usable_cores
 from rvos_edge.config import PRESETS
 from rvos_edge.artifacts.manifest import load_manifest
+from rvos_edge.artifacts.precision import precision_names
 from rvos_edge.artifacts.tensorrt import engine_entries
+from rvos_edge.engines import DEVICES, backend_names
 from rvos_edge.fileio import atomic_write_bytes
 
 from plot import box_chart, line_chart        # benchmarks/plot.py, beside this script
@@ -137,14 +139,14 @@ def summarise(folder: Path, skipped: list[str]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tiny", "demo", "vit-b16"], help="presets or checkpoints")
-    p.add_argument("--backends", nargs="+", default=["ort", "torch"], choices=("ort", "torch", "trt"))
-    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"))
+    p.add_argument("--backends", nargs="+", default=["ort", "torch"], choices=backend_names())
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=precision_names())
     p.add_argument("--clip-lens", nargs="+", type=int, default=[1, 6, 36])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--frames", type=int, default=48, help="frames timed per configuration (whole clips)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=usable_cores())
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rvos-edge-bench",
                    help="checkpoints and exported artifacts (kept between runs)")
     p.add_argument("--calib", default="synthetic:1:16", help="int8 calibration data (as `rvos-edge build --calib`)")

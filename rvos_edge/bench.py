@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -63,6 +63,7 @@ from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.flops import count_flops
 from rvos_edge.tokenizer import tokenize_for_prompts
 from rvos_edge.engines import Engines, default_backend, open_engines
+from rvos_edge.engines.base import clip_feeds, empty_history
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import Segmenter
 from rvos_edge.runtime.video import open_video, prefetch
@@ -195,55 +196,9 @@ def _nvidia_smi_process_mb() -> float | None:
 
 def _feeds(engines: Engines, text: dict[str, np.ndarray], batch: int, clip_len: int) -> dict[str, np.ndarray]:
     """Random frames (seeded) for `batch` streams, the text features tiled, empty histories."""
-    cfg = engines.config
-    s = cfg.image_size
+    s = engines.config.image_size
     frames = np.random.default_rng(0).integers(0, 256, (batch, clip_len, s, s, 3), dtype=np.uint8)
-    tiled = {k: np.repeat(text[k], batch, axis=0) for k in ("text_feats", "text_mask", "text_global")}
-    return {"frames": frames, **tiled,
-            "history": np.zeros((batch, cfg.history_prompts, cfg.embed_dim), np.float32),
-            "has_history": np.zeros((batch, 1), np.float32)}
-
-
-def _engine_timer(engines: Engines, feeds: dict[str, np.ndarray]) -> tuple[Callable[[], float], str]:
-    """(a function running one clip and returning its seconds, synchronised; the timer's description)."""
-    if engines.backend == "torch":
-        import torch
-
-        from rvos_edge.model import TextFeatures
-
-        model, dev = engines.clip.model, engines.clip.device
-        t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in engines.clip.cast_feeds(feeds).items()}
-        text = TextFeatures(t["text_feats"], t["text_mask"], t["text_global"])
-
-        def forward() -> None:
-            with torch.inference_mode():
-                model.forward_clip(t["frames"], text, t["history"], t["has_history"])
-
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-            def cuda_timed() -> float:
-                torch.cuda.synchronize(dev)
-                start.record()
-                forward()
-                end.record()
-                end.synchronize()
-                return start.elapsed_time(end) / 1000.0
-
-            return cuda_timed, "cuda events around forward_clip, inputs on the GPU"
-        run, how = forward, "perf_counter around forward_clip"
-    else:
-        def run() -> None:
-            engines.clip.run(feeds)
-        how = ("perf_counter around InferenceSession.run (numpy in and out)" if engines.backend == "ort" else
-               "perf_counter around TrtRunner.run (host<->device copies included, ends with a stream synchronize)")
-
-    def timed() -> float:
-        t0 = time.perf_counter()
-        run()
-        return time.perf_counter() - t0
-
-    return timed, how
+    return clip_feeds(frames, text, empty_history(engines.config, batch), has_history=False)
 
 
 def write_synthetic_video(path: Path, frames: int, size: tuple[int, int] = VIDEO_SIZE, fps: float = 24.0) -> Path:
@@ -322,15 +277,10 @@ def run_bench(path: str | Path, backend: str | None = None, precision: str = "fp
         raise UserError(f"video {video} does not exist")
     backend = backend or default_backend(path)
     device = "cuda" if backend == "trt" else device          # TensorRT engines run on the GPU only
-    opts: dict[str, Any] = {"threads": threads}
-    if device == "cuda" and backend in ("torch", "trt"):
-        opts["device"] = "cuda"
-    elif device == "cuda":
-        opts["providers"] = ("cuda",)
     env = environment()
 
     t0 = time.perf_counter()
-    engines = open_engines(path, backend, precision, **opts)
+    engines = open_engines(path, backend, precision, device=device, threads=threads)
     load_s = time.perf_counter() - t0
     cfg = engines.config
     clip_len = engines.resolve_clip_len(clip_len)
@@ -347,7 +297,7 @@ def run_bench(path: str | Path, backend: str | None = None, precision: str = "fp
     e2e = batch == 1
     with tqdm(total=warmup + clips + (clips + 1 if e2e else 0), unit="clip", disable=not progress, leave=False,
               desc=f"bench {cfg.name} {backend} Tc={clip_len} B={batch}") as bar:
-        timed, timer = _engine_timer(engines, feeds)
+        timed, timer = engines.clip.timer(feeds), engines.clip.timing
         for _ in range(warmup):
             timed()
             bar.update()

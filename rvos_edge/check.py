@@ -12,7 +12,7 @@ device-side history is exercised). The reference is ONNX Runtime FP32 on the CPU
 
 Over all clips' mask_logits a row reports the max abs error and the mask IoU of
 ``logits > 0`` (1.0 when both masks are empty), judged by the precision's
-tolerance (TOLERANCES): FP32 max abs error <= 1e-3; FP16 mask IoU >= 0.98; INT8
+tolerance (rvos_edge.artifacts.precision): FP32 max abs error <= 1e-3; FP16 mask IoU >= 0.98; INT8
 mask IoU >= 0.95. Rows: ort at every precision the folder has graphs for (but the
 reference), trt at every precision it has engines for. A row is "ok", "off"
 (outside its tolerance), "error" (the engines cannot be opened or run: e.g. built
@@ -30,39 +30,12 @@ import numpy as np
 
 from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import load_manifest
+from rvos_edge.artifacts.precision import PRECISIONS, Tolerance, precision_names
 from rvos_edge.artifacts.tensorrt import engine_entries
 from rvos_edge.fileio import atomic_write_bytes
-from rvos_edge.engines import Engines, open_engines
+from rvos_edge.engines import Engines, backend_names, open_engines
+from rvos_edge.engines.base import clip_feeds, empty_history
 from rvos_edge.runtime.pipeline import prepare_frame
-
-BACKENDS = ("ort", "trt")
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """A precision's tolerance: largest max abs error and/or smallest mask IoU (None: not judged)."""
-
-    max_abs: float | None = None
-    min_iou: float | None = None
-
-    def failures(self, max_abs: float, iou: float) -> list[str]:
-        """What is outside the tolerance, e.g. ["mask IoU 0.910 < 0.95"] ([] when within)."""
-        out = []
-        if self.max_abs is not None and not max_abs <= self.max_abs:
-            out.append(f"max abs error {max_abs:.2e} > {self.max_abs:.0e}")
-        if self.min_iou is not None and not iou >= self.min_iou:
-            out.append(f"mask IoU {iou:.3f} < {self.min_iou}")
-        return out
-
-    def __str__(self) -> str:
-        parts = ([f"max abs <= {self.max_abs:.0e}"] if self.max_abs is not None else []) + \
-                ([f"IoU >= {self.min_iou}"] if self.min_iou is not None else [])
-        return ", ".join(parts)
-
-
-TOLERANCES = {"fp32": Tolerance(max_abs=1e-3), "fp16": Tolerance(min_iou=0.98), "int8": Tolerance(min_iou=0.95)}
-
 
 @dataclass(frozen=True)
 class CheckRow:
@@ -77,7 +50,7 @@ class CheckRow:
 
     @property
     def tolerance(self) -> Tolerance:
-        return TOLERANCES[self.precision]
+        return PRECISIONS[self.precision].tolerance
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -102,12 +75,10 @@ def check_inputs(config: Any, clip_len: int, clips: int, seed: int) -> tuple[np.
 def run_clips(engines: Engines, tokens: np.ndarray, clips: list[np.ndarray]) -> np.ndarray:
     """mask_logits [clips, Tc, m, m] (float32) of consecutive clips, each getting the previous one's history."""
     text = engines.text.run({"tokens": tokens})
-    cfg = engines.config
-    history = np.zeros((1, cfg.history_prompts, cfg.embed_dim), np.float32)
+    history = empty_history(engines.config)
     logits = []
     for i, frames in enumerate(clips):
-        out = engines.clip.run({"frames": frames, **{k: text[k] for k in ("text_feats", "text_mask", "text_global")},
-                                "history": history, "has_history": np.full((1, 1), float(i > 0), np.float32)})
+        out = engines.clip.run(clip_feeds(frames, text, history, has_history=i > 0))
         history = out["history_out"]
         logits.append(np.asarray(out["mask_logits"], np.float32)[0])
     return np.stack(logits)
@@ -116,7 +87,7 @@ def run_clips(engines: Engines, tokens: np.ndarray, clips: list[np.ndarray]) -> 
 def _candidates(manifest: Any, backends: Sequence[str] | None,
                 precisions: Sequence[str] | None) -> list[tuple[str, str]]:
     """(backend, precision) pairs to compare: the folder's other ORT precisions and its TensorRT engines."""
-    for name, chosen, known in (("backend", backends, BACKENDS), ("precision", precisions, PRECISIONS)):
+    for name, chosen, known in (("backend", backends, backend_names("folder")), ("precision", precisions, precision_names())):
         unknown = [c for c in chosen or () if c not in known]
         if unknown:
             raise UserError(f"unknown {name} {unknown[0]!r} (choose from {', '.join(known)})")
@@ -155,14 +126,14 @@ def check_folder(folder: str | os.PathLike[str], backends: Sequence[str] | None 
                 rows.append(CheckRow(backend, precision, "skipped", note=str(e)))
                 continue
         try:
-            opts = {"device": device} if backend == "trt" else {"threads": threads}
-            got = run_clips(open_engines(folder, backend, precision, **opts), tokens, frames)
+            got = run_clips(open_engines(folder, backend, precision, device=device if backend == "trt" else None,
+                                         threads=threads), tokens, frames)
         except (UserError, RuntimeError) as e:
             rows.append(CheckRow(backend, precision, "error", note=str(e).splitlines()[0]))
             continue
         max_abs = float(np.abs(got - expected).max())
         iou = mask_iou(got > 0, expected > 0)
-        bad = TOLERANCES[precision].failures(max_abs, iou)
+        bad = PRECISIONS[precision].tolerance.failures(max_abs, iou)
         rows.append(CheckRow(backend, precision, "off" if bad else "ok", max_abs, iou, "; ".join(bad)))
     return rows
 

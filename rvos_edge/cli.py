@@ -22,7 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Callable, Iterator, Sequence
 
+from rvos_edge.artifacts.precision import get_precision, precision_names
+from rvos_edge.engines import DEVICES, backend_names, default_device
 from rvos_edge.errors import UserError
+from rvos_edge.extras import require
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,8 +105,9 @@ def _end_progress(stderr: _LineTrackedStream) -> None:
 
 
 def _device(args: argparse.Namespace) -> str:
-    """--device, defaulting to where the backend runs: cuda for TensorRT, cpu otherwise."""
-    return args.device or ("cuda" if getattr(args, "backend", None) == "trt" else "cpu")
+    """--device, defaulting to where the backend runs (rvos_edge.engines.default_device)."""
+    backend = getattr(args, "backend", None)
+    return args.device or default_device(backend if isinstance(backend, str) else None)
 
 
 def _model_config(source: str):
@@ -111,6 +115,7 @@ def _model_config(source: str):
     from rvos_edge.config import PRESETS, get_config
     if source in PRESETS:
         return get_config(source)
+    require("torch", f"{source!r} is not a preset ({', '.join(PRESETS)}); reading it as a checkpoint")
     from rvos_edge.model.weights import is_safetensors_path
     if is_safetensors_path(source) or os.path.exists(source):
         from rvos_edge.model.checkpoint import read_checkpoint_config
@@ -128,6 +133,7 @@ def _add_init(p: argparse.ArgumentParser) -> None:
 
 
 def _run_init(args: argparse.Namespace) -> int:
+    require("torch", "this command")
     from rvos_edge.config import get_config
     from rvos_edge.model import build_model, save_checkpoint
     cfg = get_config(args.preset)
@@ -151,6 +157,7 @@ def _add_info(p: argparse.ArgumentParser) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    require("torch", "this command")
     import torch
     from rvos_edge.model import VLPRVOS
     cfg = _model_config(args.source)
@@ -180,12 +187,12 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expr", metavar="TEXT", action="append", required=True,
                    help="referring expression; repeat for several (one decode, a mask folder each)")
     p.add_argument("--out", metavar="OUT", help="output folder (default runs/<source name>)")
-    p.add_argument("--backend", choices=("ort", "torch", "trt"),
+    p.add_argument("--backend", choices=backend_names(),
                    help="default: ort for a folder, torch for a checkpoint")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--precision", default="fp32", choices=precision_names())
     p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's, within the engine's range)")
     p.add_argument("--max-frames", metavar="N", type=int, help="stop after N frames")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda for --backend trt, else cpu")
+    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
     p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
 
 
@@ -218,6 +225,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    require("torch", "this command")
     from rvos_edge.export.onnx_export import export_artifacts
     manifest, errors = export_artifacts(args.checkpoint, args.out, clip_len=args.clip_len if args.clip_len is not None else args.clip_len_range,
                                         opset=args.opset, attention=args.attention, clip_weights=args.clip_weights)
@@ -235,11 +243,11 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                         "a Ref-YouTube-VOS / Ref-DAVIS17 folder, or a folder with expressions.json")
     p.add_argument("--split", help="split of a Ref-YouTube-VOS / Ref-DAVIS17 folder (default: its only split)")
     p.add_argument("--limit", "--videos", dest="limit", type=int, metavar="N", help="evaluate the first N expressions")
-    p.add_argument("--backend", choices=("ort", "torch", "trt"),
+    p.add_argument("--backend", choices=backend_names(),
                    help="default: ort for a folder, torch for a checkpoint")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--precision", default="fp32", choices=precision_names())
     p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda for --backend trt, else cpu")
+    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
     p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
     p.add_argument("--json", metavar="FILE", help="write scores (overall, per kind, per expression) to FILE")
 
@@ -262,6 +270,8 @@ def _add_flops(p: argparse.ArgumentParser) -> None:
 
 
 def _run_flops(args: argparse.Namespace) -> int:
+    if args.verify:
+        require("torch", "--verify (torch's FlopCounterMode)")
     from rvos_edge.fileio import atomic_write_bytes
     from rvos_edge.flops import count_flops, cross_check, report_json
     report = count_flops(_model_config(args.source), args.clip_len, args.video_frames)
@@ -280,14 +290,14 @@ def _run_flops(args: argparse.Namespace) -> int:
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="DIR|CKPT", help="artifact folder (ort) or .safetensors checkpoint (torch)")
-    p.add_argument("--backend", choices=("ort", "torch", "trt"), help="default: ort for a folder, torch for a checkpoint")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--backend", choices=backend_names(), help="default: ort for a folder, torch for a checkpoint")
+    p.add_argument("--precision", default="fp32", choices=precision_names())
     p.add_argument("--clip-len", type=int, metavar="N", help="frames per clip (default: the model's)")
     p.add_argument("--batch", type=int, default=1, metavar="B", help="clips run together (end to end: batch 1 only)")
     p.add_argument("--frames", type=int, default=48, metavar="N", help="frames timed, rounded up to whole clips")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="warm-up clips after the first (cold) one")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads of the engine (default: the usable cores)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda for --backend trt, else cpu")
+    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
     p.add_argument("--video", metavar="PATH", help="video for the end-to-end run (default: a synthetic 854x480 one)")
     p.add_argument("--json", metavar="FILE", help="write the full result to FILE")
     p.add_argument("--markdown", metavar="FILE", help="write the one-row markdown table to FILE")
@@ -354,6 +364,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    require("torch", "this command")
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -395,8 +406,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="DIR", help="artifact folder from `rvos-edge export` (FP32 graphs)")
-    p.add_argument("--backend", required=True, choices=("ort", "trt"), help="engine the graphs are built for")
-    p.add_argument("--precision", required=True, choices=("fp32", "fp16", "int8"))
+    p.add_argument("--backend", required=True, choices=backend_names("folder"), help="engine the graphs are built for")
+    p.add_argument("--precision", required=True, choices=precision_names())
     p.add_argument("--calib", metavar="DATA", help="int8: calibration data (as `rvos-edge calib --data`)")
     p.add_argument("--samples", type=int, default=64, metavar="N", help="int8: calibration clips (default 64)")
     p.add_argument("--method", default="entropy", choices=("entropy", "minmax", "percentile"),
@@ -410,38 +421,43 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                    "(default DIR/tensorrt.timing.cache)")
 
 
-def _run_build(args: argparse.Namespace) -> int:
-    if args.backend == "trt":
-        from rvos_edge.engines.trt.build import build_engines
-        if args.calib and args.precision == "int8":
-            from rvos_edge.calib.int8 import calibrate
-            print(calibrate(args.path, args.calib, method=args.method, samples=args.samples,
-                            threads=args.threads).summary())
-        result = build_engines(args.path, args.precision, workspace_gb=args.workspace, max_batch=args.max_batch,
-                               timing_cache=args.timing_cache)
-        for notice in result.entry.notices:
-            print(f"notice: {notice}")
-        print(result.summary(args.path))
-        return 0
-    if args.precision == "fp32":
-        from rvos_edge.calib.artifacts import open_folder
-        open_folder(args.path)
-        print(f"nothing to build: the graphs of {args.path} are FP32 already (ONNX Runtime runs them as they are)")
-        return 0
-    if args.precision == "int8":
+def _build_variant(args: argparse.Namespace) -> None:
+    """Make the graphs of --precision in the folder, by the precision's transform (rvos_edge.artifacts.precision)."""
+    transform = get_precision(args.precision).transform
+    if transform == "int8":
         if not args.calib:
             raise UserError("--precision int8 needs calibration data: --calib DATA (or use `rvos-edge calib`)")
         from rvos_edge.calib.int8 import calibrate
-        result = calibrate(args.path, args.calib, method=args.method, samples=args.samples, threads=args.threads)
-        print(result.summary())
+        print(calibrate(args.path, args.calib, method=args.method, samples=args.samples, threads=args.threads).summary())
+    elif transform == "fp16":
+        from rvos_edge.calib.fp16 import build_fp16
+        b = build_fp16(args.path, threads=args.threads)
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in b.max_abs_diff.items())
+        slow = sorted(set(b.cpu_fp32_ops["text_encoder"]) | set(b.cpu_fp32_ops["clip_model"]))
+        print(f"built fp16 graphs in {args.path} ({', '.join(b.files.values())}); vs FP32 on ONNX Runtime CPU: max "
+              f"abs difference {diffs}, {100 * b.mask_agreement:.2f}% of mask pixels agree; ORT's CPU provider has "
+              f"no FP16 kernel for {', '.join(slow) or 'none'} (run on CUDA or TensorRT for FP16 speed)")
+    else:
+        from rvos_edge.calib.artifacts import open_folder
+        open_folder(args.path)
+        print(f"nothing to build: the graphs of {args.path} are {args.precision.upper()} already (ONNX Runtime runs "
+              "them as they are)")
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    """ort: the precision's graphs; trt: engines from them (INT8: from the Q/DQ graphs or the calibration
+    caches that --calib makes first, or that the folder already holds)."""
+    if args.backend != "trt":
+        _build_variant(args)
         return 0
-    from rvos_edge.calib.fp16 import build_fp16
-    b = build_fp16(args.path, threads=args.threads)
-    diffs = ", ".join(f"{k} {v:.1e}" for k, v in b.max_abs_diff.items())
-    slow = sorted(set(b.cpu_fp32_ops["text_encoder"]) | set(b.cpu_fp32_ops["clip_model"]))
-    print(f"built fp16 graphs in {args.path} ({', '.join(b.files.values())}); vs FP32 on ONNX Runtime CPU: max abs "
-          f"difference {diffs}, {100 * b.mask_agreement:.2f}% of mask pixels agree; ORT's CPU provider has no FP16 "
-          f"kernel for {', '.join(slow) or 'none'} (run on CUDA or TensorRT for FP16 speed)")
+    from rvos_edge.engines.trt.build import build_engines
+    if args.calib and args.precision == "int8":
+        _build_variant(args)
+    result = build_engines(args.path, args.precision, workspace_gb=args.workspace, max_batch=args.max_batch,
+                           timing_cache=args.timing_cache)
+    for notice in result.entry.notices:
+        print(f"notice: {notice}")
+    print(result.summary(args.path))
     return 0
 
 
@@ -499,8 +515,8 @@ def _run_calib(args: argparse.Namespace) -> int:
 
 def _add_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="DIR", help="artifact folder (its ONNX variants and TensorRT engines)")
-    p.add_argument("--backend", action="append", choices=("ort", "trt"), help="only this backend (repeatable)")
-    p.add_argument("--precision", action="append", choices=("fp32", "fp16", "int8"),
+    p.add_argument("--backend", action="append", choices=backend_names("folder"), help="only this backend (repeatable)")
+    p.add_argument("--precision", action="append", choices=precision_names(),
                    help="only this precision (repeatable)")
     p.add_argument("--clips", type=int, default=2, metavar="N", help="consecutive clips compared (default 2)")
     p.add_argument("--seed", type=int, default=0, help="synthetic video the inputs come from (default 0)")
@@ -528,6 +544,7 @@ def _add_pack(p: argparse.ArgumentParser) -> None:
 
 
 def _run_pack(args: argparse.Namespace) -> int:
+    require("torch", "this command")
     from rvos_edge.model import load_checkpoint, save_checkpoint
     model = load_checkpoint(args.checkpoint, args.clip_weights)
     save_checkpoint(model, args.out)
@@ -545,6 +562,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    require("torch", "this command (it exports the checkpoint)")
     from rvos_edge.demo import run_demo
     r = run_demo(args.checkpoint, args.out, args.videos, args.threads)
     print(f"demo: J&F {r['J&F']:.3f} on {len(r['videos'])} held-out synthetic videos ({r['frames']} frames), "

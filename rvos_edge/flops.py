@@ -40,6 +40,7 @@ from typing import Any
 
 from rvos_edge.config import ModelConfig
 from rvos_edge.errors import UserError
+from rvos_edge.geometry import allowed_pairs
 
 VIDEO_FRAMES = 100        # the text encoder runs once per video of this many frames
 
@@ -56,22 +57,6 @@ ROWS = (
     ("head", "mask head"),
 )
 PART_OF = {"cf_msa": "str"}
-
-
-def segment_lengths(length: int, cube: int, shift: int) -> list[int]:
-    """Sizes of the (possibly partial) cubes along an axis of `length` cells: cube(y) = (y - shift) // cube."""
-    sizes: dict[int, int] = {}
-    for y in range(length):
-        sizes[(y - shift) // cube] = sizes.get((y - shift) // cube, 0) + 1
-    return list(sizes.values())
-
-
-def cube_frame_pairs(frames: int, height: int, width: int, cube: int, shift: int) -> int:
-    """(query, key) pairs of cube-frame attention (DESIGN section 3): every query sees its own
-    frame's H*W keys plus its cube's keys in the Tc - 1 other frames."""
-    rows = sum(n * n for n in segment_lengths(height, cube, shift))
-    cols = sum(n * n for n in segment_lengths(width, cube, shift))
-    return frames * (height * width) ** 2 + frames * (frames - 1) * rows * cols
 
 
 def _layer(tokens: int, width: int, hidden: int) -> int:
@@ -106,7 +91,7 @@ def clip_macs(cfg: ModelConfig, clip_len: int) -> dict[str, int]:
                      + np_ * (ce + 1) * c)                                          # fusion Linear
     tokens = t * np_
     hidden = int(c * cfg.mlp_ratio)
-    cf = sum(2 * c * cube_frame_pairs(t, h, h, cfg.cube, 0 if i % 2 == 0 else cfg.cube // 2)
+    cf = sum(2 * c * allowed_pairs((t, h, h), cfg.cube, 0 if i % 2 == 0 else cfg.cube // 2)
              for i in range(cfg.str_blocks))
     m["cf_msa"] = cf
     m["str"] = (tokens * len(cfg.skip_layers) * cv * c + ctx * ce * c              # G and the text projection

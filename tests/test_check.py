@@ -11,7 +11,8 @@ import pytest
 
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 from fake_tensorrt import FakeTrt
-from rvos_edge.check import TOLERANCES, Tolerance, check_inputs, mask_iou
+from rvos_edge.artifacts.precision import PRECISIONS, Tolerance
+from rvos_edge.check import check_inputs, mask_iou
 from rvos_edge.cli import main
 from test_tensorrt_backend import add_engines, entry, install_fake_tensorrt
 
@@ -98,9 +99,9 @@ def test_trt_rows_run_and_stale_engines_are_errors(tmp_path: Path, capsys: pytes
 
 
 def test_tolerances() -> None:
-    assert TOLERANCES["fp32"].failures(2e-3, 1.0) == ["max abs error 2.00e-03 > 1e-03"]
-    assert TOLERANCES["fp32"].failures(1e-3, 0.5) == []                  # FP32 is judged on the error only
-    assert TOLERANCES["fp16"].failures(9.0, 0.98) == [] and TOLERANCES["int8"].failures(0.0, 0.949) != []
+    assert PRECISIONS["fp32"].tolerance.failures(2e-3, 1.0) == ["max abs error 2.00e-03 > 1e-03"]
+    assert PRECISIONS["fp32"].tolerance.failures(1e-3, 0.5) == []                  # FP32 is judged on the error only
+    assert PRECISIONS["fp16"].tolerance.failures(9.0, 0.98) == [] and PRECISIONS["int8"].tolerance.failures(0.0, 0.949) != []
     assert str(Tolerance(max_abs=1e-3, min_iou=0.9)) == "max abs <= 1e-03, IoU >= 0.9"
     assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
     assert mask_iou(np.array([1, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool)) == pytest.approx(1 / 3)

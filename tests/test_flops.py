@@ -8,20 +8,26 @@ import pytest
 
 from rvos_edge.cli import main
 from rvos_edge.config import get_config
-from rvos_edge.flops import ROWS, count_flops, cross_check, cube_frame_pairs
-from rvos_edge.kernels import allowed_pairs
+from rvos_edge.flops import ROWS, count_flops, cross_check
+from rvos_edge.geometry import allowed_pairs
 
 
 def test_cube_frame_pairs_by_hand() -> None:
     # vit-b16, Tc = 6, 22 x 22 grid, Mw = 11. Shift 0: 2 x 2 whole cubes of 121 cells:
     # 6 * 484^2 + 6 * 5 * (2 * 11^2)^2 = 1_405_536 + 1_756_920.
-    assert cube_frame_pairs(6, 22, 22, 11, 0) == 3_162_456
+    assert allowed_pairs((6, 22, 22), 11, 0) == 3_162_456
     # shift 5: segments 5, 11, 6 per axis (squares sum to 182): 1_405_536 + 30 * 182^2.
-    assert cube_frame_pairs(6, 22, 22, 11, 5) == 2_399_256
+    assert allowed_pairs((6, 22, 22), 11, 5) == 2_399_256
     # 3 x 4 x 4, Mw = 2, shift 1: segments 1, 2, 1 (squares sum to 6): 3 * 16^2 + 3 * 2 * 6^2.
-    assert cube_frame_pairs(3, 4, 4, 2, 1) == 984
-    for grid, cube, shift in (((6, 22, 22), 11, 5), ((5, 7, 9), 3, 1), ((1, 8, 8), 4, 2), ((4, 6, 6), 4, 0)):
-        assert cube_frame_pairs(*grid, cube, shift) == allowed_pairs(grid, cube, shift)
+    assert allowed_pairs((3, 4, 4), 2, 1) == 984
+    for grid, cube, shift in (((3, 5, 7), 3, 1), ((5, 7, 9), 3, 1), ((1, 8, 8), 4, 2), ((4, 6, 6), 4, 0)):
+        tc, h, w = grid                           # DESIGN's rule, pair by pair
+        cells = [(t, y, x) for t in range(tc) for y in range(h) for x in range(w)]
+
+        def cube_of(y: int, x: int) -> tuple[int, int]:
+            return (y - shift) // cube, (x - shift) // cube
+        brute = sum(1 for (t, y, x) in cells for (u, v, z) in cells if u == t or cube_of(v, z) == cube_of(y, x))
+        assert allowed_pairs(grid, cube, shift) == brute
 
 
 def test_text_encoder_by_hand() -> None:

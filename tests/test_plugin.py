@@ -21,7 +21,7 @@ from rvos_edge.export import onnx_export
 from rvos_edge.artifacts.manifest import CLIP_MODEL, expected_graphs, load_manifest
 from rvos_edge.engines.trt.plugin import plugin_blocker
 from rvos_edge.export.plugin_graph import PLUGIN_FILE, plugin_nodes
-from rvos_edge.engines.trt.plugin_kernel import strip_trailing_params
+from rvos_edge.kernels.trt_plugin import strip_trailing_params
 from rvos_edge.artifacts.tensorrt import PLUGIN_OP, plugin_graph_file
 from rvos_edge.engines.trt.plan import ArtifactSet
 from rvos_edge.kernels.reference import cube_frame_mask, masked_attention
@@ -158,7 +158,7 @@ def test_plugin_nodes_compute_cube_frame_attention(exported: tuple[Path, Path], 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
                     reason="Triton needs CUDA or TRITON_INTERPRET=1 (make test sets it)")
 def test_plugin_kernel_matches_the_reference() -> None:
-    from rvos_edge.engines.trt.plugin_kernel import Geometry, launch
+    from rvos_edge.kernels.trt_plugin import Geometry, launch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     b, heads, tc, h, w, d, cube, shift = 2, 2, 2, 4, 5, 16, 2, 1
@@ -174,7 +174,7 @@ def test_plugin_kernel_matches_the_reference() -> None:
 AOT = """
 import json
 from triton.backends.compiler import GPUTarget
-from rvos_edge.engines.trt.plugin_kernel import Geometry, compile_ptx, entry_params
+from rvos_edge.kernels.trt_plugin import Geometry, compile_ptx, entry_params
 out = {}
 for dtype, arch in (("fp32", 87), ("fp16", 80)):
     geo = Geometry(4, 4, 2, 1, 32, 32 ** -0.5, dtype)

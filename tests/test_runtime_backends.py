@@ -15,7 +15,7 @@ from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import expected_graphs
 from rvos_edge.fileio import sha256_file
 from rvos_edge.runtime import Runner, Segmenter, open_engines
-from rvos_edge.engines.ort.runner import resolve_providers
+from rvos_edge.engines.ort.session import resolve_providers
 
 
 @pytest.fixture(scope="module")

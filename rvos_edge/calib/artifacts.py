@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import onnx
-import onnxruntime as ort
 
 from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER, Manifest, hash_files, load_manifest, write_manifest
 from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.engines.base import Engines
 from rvos_edge.engines.ort.runner import OrtRunner
+from rvos_edge.engines.ort.session import ort_session
 
 _PROTOBUF_LIMIT = 2 * 1024 ** 3
 
@@ -61,19 +61,10 @@ def add_variant(directory: str | os.PathLike[str], manifest: Manifest, precision
     return manifest
 
 
-def session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU InferenceSession on an in-memory model (errors only in the log)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def engines_from_models(manifest: Manifest, text: onnx.ModelProto, clip: onnx.ModelProto, precision: str,
                         source: str, threads: int | None = None) -> Engines:
     """`Engines` for the runtime's pipeline from two in-memory graphs (variants that are not written yet)."""
-    return Engines(text=OrtRunner(session(text, threads), TEXT_ENCODER), clip=OrtRunner(session(clip, threads), CLIP_MODEL),
+    return Engines(text=OrtRunner(ort_session(text.SerializeToString(), threads), TEXT_ENCODER),
+                   clip=OrtRunner(ort_session(clip.SerializeToString(), threads), CLIP_MODEL),
                    config=manifest.config, precision=precision, clip_len=manifest.clip_len, backend="ort",
                    source=source)

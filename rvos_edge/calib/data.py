@@ -26,7 +26,7 @@ from tqdm import tqdm
 from rvos_edge.data import Dataset
 from rvos_edge.errors import UserError
 from rvos_edge.tokenizer import tokenize_for_prompts
-from rvos_edge.engines.base import Engines
+from rvos_edge.engines.base import Engines, clip_feeds, empty_history
 from rvos_edge.runtime.pipeline import prepare_frame
 
 
@@ -74,10 +74,9 @@ def calibration_data(engines: Engines, dataset: Dataset, samples: int = 64, seed
         text_out = engines.text.run({"tokens": tokens})
         text.append({"tokens": tokens})
         videos.append(sample.name)
-        history = np.zeros((1, cfg.history_prompts, cfg.embed_dim), np.float32)
+        history = empty_history(cfg)
         for i, frames in enumerate(video_clips(sample.frames, cfg.image_size, tc)[:clips_per_video]):
-            feeds = {"frames": frames, **{k: text_out[k] for k in ("text_feats", "text_mask", "text_global")},
-                     "history": history, "has_history": np.full((1, 1), float(i > 0), np.float32)}
+            feeds = clip_feeds(frames, text_out, history, has_history=i > 0)
             clip.append(feeds)
             first.append(i == 0)
             bar.update()

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
@@ -38,6 +37,7 @@ from rvos_edge.calib.data import calibration_data
 from rvos_edge.data import SyntheticDataset
 from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, Manifest
 from rvos_edge.engines import open_engines
+from rvos_edge.engines.ort.session import ort_session
 
 FP32_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization",
                       "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare",
@@ -231,11 +231,7 @@ def ort_cpu_fp32_ops(model16: onnx.ModelProto) -> list[str]:
                                   [infos[o] for o in node.output], [weights[i] for i in names if i in weights])
         probe = helper.make_model(graph, opset_imports=model16.opset_import, ir_version=model16.ir_version)
         with tempfile.TemporaryDirectory(prefix="rvos-edge-fp16-") as tmp:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.optimized_model_filepath = f"{tmp}/probe.onnx"
-            options.log_severity_level = 3
-            ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            ort_session(probe.SerializeToString(), optimize=False, optimized_model=f"{tmp}/probe.onnx")
             if any(n.op_type == "Cast" for n in onnx.load(f"{tmp}/probe.onnx").graph.node):
                 missing.append(node.op_type)
     return sorted(missing)

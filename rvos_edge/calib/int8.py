@@ -57,7 +57,7 @@ import onnx
 from onnx import helper
 from tqdm import tqdm
 
-from rvos_edge.calib.artifacts import add_variant, open_folder, save_graph, session, variant_file
+from rvos_edge.calib.artifacts import add_variant, open_folder, save_graph, variant_file
 from rvos_edge.calib.data import CalibrationData, calibration_data
 from rvos_edge.calib.graph import fold_constants, matching, node_paths
 from rvos_edge.calib.stats import DEFAULT_TRT_VERSION, METHODS, ActivationStats, write_trt_cache
@@ -65,6 +65,7 @@ from rvos_edge.data import open_dataset
 from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest
 from rvos_edge.engines import open_engines
+from rvos_edge.engines.ort.session import ort_session
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 DEFAULT_EXCLUDE = ("*/model.head.out/*",)
@@ -188,7 +189,7 @@ def collect_stats(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray
     present = {o.name for o in augmented.graph.output}
     wanted = [t for t in tensors if t not in present]
     augmented.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in wanted)
-    sess = session(augmented, threads)
+    sess = ort_session(augmented.SerializeToString(), threads)
     names = [o.name for o in sess.get_outputs()]
     keep = set(tensors)
     stats = ActivationStats()

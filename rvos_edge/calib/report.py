@@ -47,13 +47,12 @@ from rvos_edge.errors import UserError
 from rvos_edge.eval.evaluate import score_video, segment
 from rvos_edge.eval.metrics import region_similarity
 from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, load_manifest
+from rvos_edge.artifacts.precision import PRECISIONS
 from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.bench import cpu_model
 from rvos_edge.engines import Engines, open_engines
 from rvos_edge.runtime.segmenter import Segmenter
 
-TARGET_DROP = {"fp16": 0.2, "int8": 1.0}
-"""Largest J&F loss against FP32, in points, that the project accepts per precision."""
 
 
 def _masks(engines: Engines, samples: Sequence[Sample], clip_len: int | None, desc: str, progress: bool) -> list[np.ndarray]:
@@ -136,9 +135,10 @@ def accuracy_report(directory: str | os.PathLike[str], data: str, limit: int | N
     for precision, r in results.items():
         if fp32_jf is not None and precision != "fp32":
             r["delta_J&F_points"] = 100 * (r["J&F"] - fp32_jf)
-            if precision in TARGET_DROP:
-                r["target_max_drop_points"] = TARGET_DROP[precision]
-                r["target_met"] = bool(r["delta_J&F_points"] >= -TARGET_DROP[precision])
+            target = PRECISIONS[precision].max_jf_drop
+            if target is not None:
+                r["target_max_drop_points"] = target
+                r["target_met"] = bool(r["delta_J&F_points"] >= -target)
     if "fp16" in results:
         clip16 = onnx.load(str(directory / manifest.graph_files("fp16")[CLIP_MODEL]))
         results["fp16"]["ort_cpu_fp32_ops"] = ort_cpu_fp32_ops(clip16)

@@ -126,7 +126,7 @@ def evaluate(segmenter: SegmenterLike, dataset: Dataset, limit: int | None = Non
 
 def run_eval(path: str, data: str, split: str | None = None, backend: str | None = None, precision: str = "fp32",
              clip_len: int | None = None, limit: int | None = None, json_path: str | None = None,
-             device: str = "cpu", threads: int | None = None, progress: bool = True) -> EvalReport:
+             device: str | None = None, threads: int | None = None, progress: bool = True) -> EvalReport:
     """`rvos-edge eval`: open the model with the runtime, evaluate, write JSON if asked, print the summary line."""
     from rvos_edge.data import open_dataset
     from rvos_edge.fileio import atomic_write_bytes
@@ -137,12 +137,7 @@ def run_eval(path: str, data: str, split: str | None = None, backend: str | None
         raise UserError(f"--limit must be >= 1, got {limit}")
     dataset = open_dataset(data, split)
     backend = backend or default_backend(path)
-    opts: dict = {"threads": threads}
-    if backend == "ort":
-        opts["providers"] = ("cpu",) if device == "cpu" else (device,)
-    else:
-        opts["device"] = device
-    segmenter = Segmenter.open(path, backend, precision, clip_len, **opts)
+    segmenter = Segmenter.open(path, backend, precision, clip_len, device=device, threads=threads)
     report = evaluate(segmenter, dataset, limit, progress=progress)
     if json_path:
         atomic_write_bytes(json_path, json.dumps({

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import (CLIP_MODEL, MANIFEST_NAME, TEXT_ENCODER, GraphSpec, Manifest,
                                        expected_graphs, hash_files, producer_versions, token_runs, write_manifest)
+from rvos_edge.engines.ort.session import ort_session
 from rvos_edge.fileio import output_folder
 from rvos_edge.model.checkpoint import load_checkpoint
 from rvos_edge.model.text import TextFeatures, learnt_token_ids
@@ -126,6 +127,26 @@ def _export_graph(module: nn.Module, spec: GraphSpec, inputs: dict[str, Tensor],
     _check_io(path, spec)
 
 
+def _export_plugin_graph(model: VLPRVOS, spec: GraphSpec, inputs: dict[str, Tensor], path: Path,
+                         clip_len: tuple[int, int]) -> None:
+    """The clip graph with one CubeFrameAttention node per CF-MSA (rvos_edge.export.plugin_graph): the model's
+    attention switched to "plugin" records the custom op, which the translation table maps to the node."""
+    from rvos_edge.export.plugin_graph import plugin_nodes, register_schema, translate
+
+    register_schema()
+    impl, model.attention_impl = model.attention_impl, "plugin"
+    try:
+        _export_graph(ClipModelGraph(model), spec, inputs, path, clip_len,
+                      translation={torch.ops.rvos_edge.cube_frame_attention.default: translate})
+    finally:
+        model.attention_impl = impl
+    cfg = model.config
+    shifts = [n["shift"] for n in plugin_nodes(onnx.load(str(path), load_external_data=False))]
+    want = [(i % 2) * (cfg.cube // 2) for i in range(cfg.str_blocks)]
+    if shifts != want:
+        raise RuntimeError(f"{path.name} has CubeFrameAttention shifts {shifts}, expected {want}")
+
+
 def _check_io(path: Path, spec: GraphSpec) -> None:
     """The written graph has the contract's tensor names and dtypes, in order."""
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -140,10 +161,7 @@ def _check_io(path: Path, spec: GraphSpec) -> None:
 
 def _verify(model: VLPRVOS, folder: Path, specs: dict[str, GraphSpec], clip_len: tuple[int, int]) -> dict[str, float]:
     """ONNX Runtime vs PyTorch on random inputs; returns the max abs difference per output."""
-    import onnxruntime as ort
-
-    sessions = {name: ort.InferenceSession(str(folder / spec.file), providers=["CPUExecutionProvider"])
-                for name, spec in specs.items()}
+    sessions = {name: ort_session(folder / spec.file) for name, spec in specs.items()}
     worst: dict[str, float] = {}
     for seed, tc in enumerate(sorted({clip_len[0], clip_len[1]})):
         inputs = _sample_inputs(model, batch=2, clip_len=tc, seed=seed)
@@ -217,10 +235,10 @@ def _export_into(staging: Path, model: VLPRVOS, lengths: tuple[int, int], attent
     steps.update()
     tensorrt = None
     if attention == "plugin":
-        from rvos_edge.export.plugin_graph import PLUGIN_FILE, export_plugin_graph
         from rvos_edge.artifacts.tensorrt import plugin_section
+        from rvos_edge.export.plugin_graph import PLUGIN_FILE
 
-        export_plugin_graph(model, specs[CLIP_MODEL], sample, staging / PLUGIN_FILE, lengths)
+        _export_plugin_graph(model, specs[CLIP_MODEL], sample, staging / PLUGIN_FILE, lengths)
         tensorrt = {"plugin": plugin_section(PLUGIN_FILE)}
         steps.update()
     manifest = Manifest(

@@ -15,7 +15,7 @@ While exporting (`torch.compiler.is_exporting()`, true inside torch.export and h
 exporter, which still exists in torch 2.13), no custom op is recorded: the standard-op
 decomposed function (CF-MSA) and a MatMul-Softmax-MatMul (PRTC) are traced inline,
 whatever the impl (they all compute the same function), so the ONNX graph holds only
-standard ops and Tc stays symbolic. The recipe, as in tests/test_kernels_export.py:
+standard ops and Tc stays symbolic. The one exception is impl "plugin" (CF-MSA only). The recipe, as in tests/test_kernels_export.py:
 
     batch = torch.export.Dim("batch", min=1, max=64)
     frames = torch.export.Dim("frames", min=1, max=64)
@@ -25,9 +25,9 @@ standard ops and Tc stays symbolic. The recipe, as in tests/test_kernels_export.
                       dynamic_shapes={"q": tokens, "k": tokens, "v": tokens, "p": {0: batch, 2: frames * M_TMP}})
 
 For a whole model, declare `frames` on the frames input's axis 1 ({1: frames}) and pass
-grid=(x.shape[1], H, W); the token axes derive from it. A later "plugin" export can keep
-the op as one node instead, by mapping torch.ops.rvos_edge.cube_frame_attention through
-`custom_translation_table`.
+grid=(x.shape[1], H, W); the token axes derive from it. Impl "plugin" keeps each CF-MSA
+as the custom op instead, which the exporter maps to one node through
+`custom_translation_table` (rvos_edge.export.plugin_graph).
 """
 from __future__ import annotations
 
@@ -40,10 +40,11 @@ from torch.utils.flop_counter import register_flop_formula
 
 from rvos_edge.errors import UserError
 from rvos_edge.kernels.decomposed import decomposed_attention, decomposed_attention_backward
-from rvos_edge.kernels.reference import (allowed_pairs, cube_frame_mask, default_scale, masked_attention,
+from rvos_edge.geometry import allowed_pairs
+from rvos_edge.kernels.reference import (cube_frame_mask, default_scale, masked_attention,
                                          masked_attention_backward)
 
-IMPLS = ("auto", "reference", "decomposed", "triton", "flex")
+IMPLS = ("auto", "reference", "decomposed", "triton", "flex", "plugin")
 ENV_VAR = "RVOS_EDGE_ATTENTION"     # overrides what impl "auto" means
 
 
@@ -75,6 +76,8 @@ def resolve_impl(impl: str, device: torch.device) -> str:
             raise UserError(f"{ENV_VAR}={impl!r} is not an attention impl; choose one of {', '.join(IMPLS)}")
     if impl == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "decomposed"
+    if impl == "plugin":                 # an export choice (see cube_frame_attention); eagerly it is decomposed
+        return "decomposed"
     if impl == "flex" and not flex_available():
         raise UserError(f"attention impl 'flex' needs FlexAttention with AuxRequest (torch >= 2.9; have {torch.__version__})")
     if impl == "triton" and not triton_available():
@@ -171,7 +174,9 @@ def cube_frame_attention(q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int, 
     Query (t, y, x) attends key (t', y', x') iff t' == t or cube(y', x') == cube(y, x),
     cube(y, x) = ((y - shift) // Mw, (x - shift) // Mw). Scale defaults to 1/sqrt(d).
     impl: "reference" (dense mask; refuses masks over 256 MiB), "decomposed" (standard
-    ops), "triton" (fused kernels), "flex" (FlexAttention) or "auto" (see `resolve_impl`).
+    ops), "triton" (fused kernels), "flex" (FlexAttention), "auto" (see `resolve_impl`) or
+    "plugin" (while exporting, the custom op is recorded, so the ONNX graph keeps each CF-MSA
+    as one node for TensorRT's plugin; run eagerly, it is "decomposed").
     Returns [B, heads, Tc*H*W, d] in q's dtype.
     """
     tc, h, w = grid
@@ -189,6 +194,8 @@ def cube_frame_attention(q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int, 
     if _exporting():
         if impl not in IMPLS:
             raise UserError(f"unknown attention impl {impl!r}; choose one of {', '.join(IMPLS)}")
+        if impl == "plugin":             # recorded as the custom op: one CubeFrameAttention node (TensorRT plugin)
+            return _cube_frame_op(q, k, v, h, w, cube, shift, scale, "decomposed")[0]
         return decomposed_attention(q, k, v, h, w, cube, shift, scale)[0]
     return _cube_frame_op(q, k, v, h, w, cube, shift, scale, resolve_impl(impl, q.device))[0]
 

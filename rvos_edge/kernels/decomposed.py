@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rvos_edge.kernels.reference import cube_offset, segment_lengths
+from rvos_edge.geometry import cube_offset, segment_lengths
 
 
 def to_cubes(x: Tensor, h: int, w: int, cube: int, shift: int) -> Tensor:

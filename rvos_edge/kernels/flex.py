@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
 
-from rvos_edge.kernels.reference import cube_offset, segment_lengths
+from rvos_edge.geometry import cube_offset, segment_lengths
 
 
 @functools.lru_cache(maxsize=32)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rvos_edge.kernels.reference import cube_offset, segment_lengths
+from rvos_edge.geometry import cube_offset, segment_lengths
 
 LOG2E = tl.constexpr(1.4426950408889634)    # scores are kept in log2 units inside the kernels
 

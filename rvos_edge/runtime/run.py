@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, make_folder, output_folder
-from rvos_edge.engines import Engines, default_backend, open_engines
+from rvos_edge.engines import Engines, open_engines
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import ExpressionTruncatedWarning, Segmenter, SegmentResult
 from rvos_edge.runtime.video import DecodeError, FrameSource, open_source, prefetch
@@ -204,12 +204,12 @@ def _open_segmenters(engines: Engines, expressions: list[str], clip_len: int | N
 def run_command(path: str, *, expressions: list[str], video: str | None = None, frames: str | None = None,
                 camera: int | None = None, out: str | None = None, backend: str | None = None,
                 precision: str = "fp32", clip_len: int | None = None, max_frames: int | None = None,
-                device: str = "cpu", threads: int | None = None) -> int:
+                device: str | None = None, threads: int | None = None) -> int:
     """The `run` command; returns the exit code (0, or 130 after Ctrl-C or SIGTERM). Bad input raises
     UserError before anything is written; a source that stops early raises DecodeError once OUT holds
     the outputs of the frames before it.
 
-    device: "cpu" or "cuda" (ort: the CUDA execution provider; torch: the GPU).
+    device: "cpu" or "cuda" (None: the backend's default; see rvos_edge.engines.engine_options).
     """
     for text in expressions:
         if not text.strip():
@@ -219,13 +219,7 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
     out_dir = Path(out) if out is not None else _default_out(video, frames, camera)
     source = open_source(video=video, frames=frames, camera=camera)
     try:
-        backend = backend or default_backend(path)
-        opts: dict[str, Any] = {"threads": threads}
-        if backend == "ort":
-            opts["providers"] = ("cpu",) if device == "cpu" else (device,)
-        else:
-            opts["device"] = device
-        engines = open_engines(path, backend, precision, **opts)
+        engines = open_engines(path, backend, precision, device=device, threads=threads)
         segmenters, truncated = _open_segmenters(engines, expressions, clip_len)
         with output_folder(out_dir, SUMMARY_NAME) as staging:
             summary = _loop(source, engines, segmenters, expressions, truncated, staging, max_frames)

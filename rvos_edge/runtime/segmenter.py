@@ -36,6 +36,7 @@ import numpy as np
 from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import in_runs
 from rvos_edge.engines import Engines, open_engines
+from rvos_edge.engines.base import TEXT_OUTPUTS, clip_feeds, empty_history
 from rvos_edge.runtime.pipeline import (LRUCache, StageTimes, check_frame, mask_and_score, prepare_frame,
                                         upsample_logits)
 
@@ -92,7 +93,7 @@ class Segmenter:
         self._frames: list[np.ndarray] = []          # RGB [S, S, 3] of the clip being filled
         self._sizes: list[tuple[int, int]] = []      # (H, W) of those frames
         self._next_index = 0
-        self._history = self._zero_history()
+        self._history = empty_history(self.config)
         self._has_history = False
 
     @classmethod
@@ -161,11 +162,8 @@ class Segmenter:
         self._next_index = 0
         self._clear_history()
 
-    def _zero_history(self) -> np.ndarray:
-        return np.zeros((1, self.config.history_prompts, self.config.embed_dim), np.float32)
-
     def _clear_history(self) -> None:
-        self._history = self._zero_history()
+        self._history = empty_history(self.config)
         self._has_history = False
 
     def _unknown_words(self, text: str) -> list[str]:
@@ -190,7 +188,7 @@ class Segmenter:
         out = self.engines.text.run({"tokens": tok.tokens})
         self.timings.text_s += time.perf_counter() - t0
         self.timings.text_runs += 1
-        encoded = _Text({k: out[k] for k in ("text_feats", "text_mask", "text_global")}, tok.truncated[0])
+        encoded = _Text({k: out[k] for k in TEXT_OUTPUTS}, tok.truncated[0])
         self._text_cache.put(text, encoded)
         return encoded
 
@@ -199,8 +197,7 @@ class Segmenter:
         assert self._text is not None
         n, tc, m = len(self._frames), self.clip_len, self.config.mask_size
         frames = np.stack(self._frames + [self._frames[-1]] * (tc - n))[None]           # [1, Tc, S, S, 3]
-        feeds = {"frames": frames, **self._text.feeds, "history": self._history,
-                 "has_history": np.full((1, 1), 1.0 if self._has_history else 0.0, np.float32)}
+        feeds = clip_feeds(frames, self._text.feeds, self._history, self._has_history)
         t0 = time.perf_counter()
         out = self.engines.clip.run(feeds)
         self.timings.engine_s += time.perf_counter() - t0

@@ -6,12 +6,14 @@ prompts folded (they are constants at inference); it accepts any clip length >= 
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from rvos_edge.errors import UserError
+from rvos_edge.extras import require
 from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER, expected_graphs
 from rvos_edge.engines.base import Engines, Runner
 
@@ -42,18 +44,48 @@ class TorchClipRunner(Runner):
         graph = expected_graphs(model.config, _CLIP_LEN)[CLIP_MODEL]
         self.name, self.inputs, self.outputs = CLIP_MODEL, graph.inputs, graph.outputs
         self.model, self.device = model, device
+        self.timing = ("cuda events around forward_clip, inputs on the GPU" if device.type == "cuda" else
+                       "perf_counter around forward_clip")
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _forward(self, feeds: dict[str, np.ndarray]) -> Callable[[], tuple[Any, Any]]:
+        """forward_clip on `feeds` moved to the device once: a closure returning (logits, history) tensors."""
         import torch
 
         from rvos_edge.model import TextFeatures
 
         t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in self.cast_feeds(feeds).items()}
-        with torch.inference_mode():
-            logits, history = self.model.forward_clip(
-                t["frames"], TextFeatures(t["text_feats"], t["text_mask"], t["text_global"]),
-                t["history"], t["has_history"])
+        text = TextFeatures(t["text_feats"], t["text_mask"], t["text_global"])
+
+        def forward() -> tuple[Any, Any]:
+            with torch.inference_mode():
+                return self.model.forward_clip(t["frames"], text, t["history"], t["has_history"])
+        return forward
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        logits, history = self._forward(feeds)()
         return {"mask_logits": logits.float().cpu().numpy(), "history_out": history.float().cpu().numpy()}
+
+    def timer(self, feeds: dict[str, np.ndarray]) -> Callable[[], float]:
+        """Seconds of forward_clip alone, the inputs already on the device (see `timing`)."""
+        import torch
+
+        forward = self._forward(feeds)
+        if self.device.type != "cuda":
+            def timed() -> float:
+                t0 = time.perf_counter()
+                forward()
+                return time.perf_counter() - t0
+            return timed
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_timed() -> float:
+            torch.cuda.synchronize(self.device)
+            start.record()
+            forward()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        return cuda_timed
 
 
 def open_torch(path: str | Path, precision: str = "fp32", device: str = "cpu", threads: int | None = None) -> Engines:
@@ -61,6 +93,7 @@ def open_torch(path: str | Path, precision: str = "fp32", device: str = "cpu", t
 
     device: "cpu" or "cuda" (or "cuda:N"); threads: torch intra-op threads (None: torch's default).
     """
+    require("torch", "the torch backend")
     import torch
 
     from rvos_edge.artifacts.manifest import token_runs

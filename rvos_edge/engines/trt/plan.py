@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from rvos_edge.config import ModelConfig
+from rvos_edge.artifacts.precision import get_precision
 from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest, expected_graphs
 from rvos_edge.artifacts.tensorrt import plugin_graph_file
 
-PRECISIONS = ("fp32", "fp16", "int8")
 MIN_VERSION = (10, 0)
 JIT_PLUGINS = (10, 6)       # tensorrt.plugin (register/impl): Python plugins, run just in time
 AOT_PLUGINS = (10, 9)       # tensorrt.plugin.aot_impl: plugin kernels compiled into the engine
@@ -176,8 +176,7 @@ def plan_build(version: TrtVersion, precision: str, artifacts: ArtifactSet,
     """
     if (version.major, version.minor) < MIN_VERSION:
         raise UserError(f"TensorRT {version} is too old: rvos-edge builds with TensorRT 10.x or 11.x ({INSTALL_HINT})")
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    get_precision(precision)                                 # an unknown one is a UserError
     folder = artifacts.folder
     plugin, notices = _plugin_choice(version, precision, artifacts, plugin_blocker)
     network_flags = ("PREFER_AOT_PYTHON_PLUGINS",) if plugin == "aot" else ()

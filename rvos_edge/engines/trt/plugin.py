@@ -9,7 +9,7 @@ function; a just-in-time implementation (TensorRT >= 10.6) that launches the
 Triton kernel on TensorRT's buffers and stream through torch; and, with TensorRT
 >= 10.9, an ahead-of-time implementation returning the kernel compiled to PTX,
 which TensorRT bakes into the engine so that it runs without Python. Both run
-`rvos_edge.engines.trt.plugin_kernel` (the fused Triton kernel the model uses).
+`rvos_edge.kernels.trt_plugin` (the fused Triton kernel the model uses).
 Importing this module imports numpy only; tensorrt, torch and triton are imported when used.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _geometry(q: Any, grid: np.ndarray, cube: int, shift: int, scale: float, hea
     """The kernel's Geometry of one plugin call (q: its first input, whose dtype picks fp16 or fp32)."""
     import tensorrt as trt
 
-    from rvos_edge.engines.trt.plugin_kernel import Geometry
+    from rvos_edge.kernels.trt_plugin import Geometry
 
     return Geometry(int(grid[0]), int(grid[1]), int(cube), int(shift), int(head_dim), float(scale),
                     "fp16" if q.dtype == trt.float16 else "fp32")
@@ -74,7 +74,7 @@ def register_plugin(aot: bool) -> None:
         def impl(q, k, v, grid, cube, shift, scale, outputs, stream) -> None:
             import torch
 
-            from rvos_edge.engines.trt.plugin_kernel import launch
+            from rvos_edge.kernels.trt_plugin import launch
 
             with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
                 tq, tk, tv, out, lse = (torch.as_tensor(t, device="cuda") for t in (q, k, v, *outputs))
@@ -85,7 +85,7 @@ def register_plugin(aot: bool) -> None:
         @trtp.aot_impl(PLUGIN_OP)
         def aot_impl(q, k, v, grid, cube, shift, scale, outputs, tactic) -> tuple[
                 str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
-            from rvos_edge.engines.trt.plugin_kernel import compile_ptx
+            from rvos_edge.kernels.trt_plugin import compile_ptx
 
             geo = _geometry(q, grid, cube, shift, scale, q.shape_expr[3].constant_value())
             kernel = compile_ptx(geo)
