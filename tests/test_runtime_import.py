@@ -1,7 +1,10 @@
-"""The runtime, the manifest and the ORT backend never import torch (checked in fresh interpreters)."""
+"""The torch boundary: the runtime, the artifact contract, the engines but torch/ and the tokenizer never
+import torch (checked in fresh interpreters)."""
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +12,8 @@ from pathlib import Path
 from fake_artifacts import make_fake_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
+TORCH_FREE_PACKAGES = ("rvos_edge.artifacts", "rvos_edge.engines", "rvos_edge.runtime")
+TORCH_ENGINE = "rvos_edge.engines.torch"
 
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -22,6 +27,28 @@ def test_imports_do_not_import_torch() -> None:
                 "from rvos_edge import Segmenter\n"
                 "assert Segmenter is rvos_edge.runtime.Segmenter\n"
                 "assert 'torch' not in sys.modules, 'torch imported'")
+    assert p.returncode == 0, p.stderr
+
+
+def torch_free_modules() -> list[str]:
+    """rvos_edge.tokenizer and every module of TORCH_FREE_PACKAGES, the packages included, but TORCH_ENGINE's."""
+    names = ["rvos_edge.tokenizer"]
+    for package in TORCH_FREE_PACKAGES:
+        names.append(package)
+        names += [m.name for m in pkgutil.walk_packages(importlib.import_module(package).__path__, package + ".")]
+    return [n for n in names if n != TORCH_ENGINE and not n.startswith(TORCH_ENGINE + ".")]
+
+
+def test_no_torch_free_module_imports_torch() -> None:
+    names = torch_free_modules()
+    assert {"rvos_edge.artifacts.manifest", "rvos_edge.engines.ort.runner", "rvos_edge.engines.trt.runner",
+            "rvos_edge.runtime.segmenter"} <= set(names)
+    # One interpreter imports them one by one: the first whose import brings torch in is named.
+    p = _python("import importlib, sys\n"
+                "for name in sys.argv[1:]:\n"
+                "    importlib.import_module(name)\n"
+                "    if 'torch' in sys.modules:\n"
+                "        sys.exit(f'importing {name} imports torch')", *names)
     assert p.returncode == 0, p.stderr
 
 
