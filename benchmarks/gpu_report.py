@@ -184,6 +184,12 @@ def _md_train(d: dict) -> list[str]:
         lines += ["", f"CLIP held-out accuracy {d['clip']['heldout_accuracy']:.3f}, probes "
                       + ", ".join(f"{k} {v:.3f}" for k, v in d["clip"]["probes"].items())
                       + f", patch-shuffle cosine {d['clip']['patch_shuffle_cosine']:.4f}."]
+    if d.get("heldout"):
+        h = d["heldout"]
+        lines += ["", f"J&F {h['overall']['J&F']:.3f} on {h['data']} ({h['engine']}): "
+                      + ", ".join(f"{k} {v['J&F']:.3f}" for k, v in h["by_kind"].items()) + "."]
+    if d.get("files"):
+        lines += ["", "Written to $OUT: " + ", ".join(f"`{f}`" for f in d["files"]) + "."]
     return lines
 
 

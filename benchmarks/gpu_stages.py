@@ -7,6 +7,9 @@ the stages, never when this module is imported (the parent process stays torch-f
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +24,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = ("tests/test_kernels_triton.py", "tests/test_model_cuda.py", "tests/test_bench.py",
               "tests/test_tensorrt_gpu.py")
+DEADLINE_ENV = "GPU_CHECK_DEADLINE"
+"""Set by gpu_check.py for each stage's process: the time.time() at which it will be killed."""
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
              "amx_int8")
 
@@ -42,7 +47,13 @@ class Sizes:
     ort_clips: int
     compile_options: dict[str, Any]       # torch.compile keyword arguments
     train_preset: str
-    train_steps: tuple[int, int]          # CLIP pretraining, VLP-RVOS prompt tuning
+    train_seconds: float                  # training time of the two legs, at most (stage_train)
+    train_reserve_s: float                # of the stage's time: start-up, probes, packing, J&F
+    train_batches: tuple[int, int]        # CLIP pairs, VLP-RVOS samples per optimizer step
+    train_lrs: tuple[float, float]
+    train_workers: int                    # batch-making processes, at most (and at most cores - 1)
+    train_probe_every: int                # CLIP steps between probes (the probe curve)
+    train_eval_videos: int                # held-out videos of the J&F after training
 
 
 GPU = Sizes(
@@ -52,13 +63,36 @@ GPU = Sizes(
     prtc_cases=(("vit-b16", 1, 12, 64, 6 * 4, 6 * 485), ("vit-b16 Tc=36", 1, 12, 64, 36 * 4, 36 * 485),
                 ("vit-b16 B=8", 8, 12, 64, 6 * 4, 6 * 485)),
     long_case="vit-b16 Tc=36", kernel_warmup=5, kernel_reps=50, ort_checkpoint="demo", ort_clips=8,
-    compile_options={"mode": "max-autotune"}, train_preset="demo", train_steps=(300, 200))
+    compile_options={"mode": "max-autotune"}, train_preset="demo",
+    # Training sizes, from CPU measurements (1 thread, this project's EPYC VM) and FLOP counts
+    # (torch.utils.flop_counter) of the demo preset; an H200 has not run them yet:
+    # - CLIP, default recipe: 1.5 GFLOP per pair forward + backward (captions, 2 hard negatives
+    #   and the batch's phrases); 0.75 s per step of 32 on one core. On the GPU a step of 256
+    #   pairs is 0.4 TFLOP: about 20-40 ms at the 10-20 TFLOP/s such small matrices (width 192,
+    #   65 tokens) reach, plus ~10 ms of kernel launches. Making a pair takes ~2 ms of one core
+    #   (frame, caption, region targets), so 15 workers make ~7,500 pairs/s: ~30 steps/s of
+    #   256, which the GPU matches. 180 s: ~5,000 steps, ~1.3 M pairs (the shipped CLIP saw
+    #   45 k; the 3000-step CPU run 190 k).
+    # - VLP-RVOS: 14 GFLOP per sample forward + backward (two clips of 6 frames, CLIP frozen,
+    #   gradients through it for the prompts); 0.7 s per sample on one core. A step of 32 is
+    #   0.46 TFLOP, 30-60 ms on the GPU; a sample takes ~8 ms of one core to make, so 15
+    #   workers make ~1,900/s against ~500-1,000/s used. 120 s: ~2,000-4,000 steps, 60-120 k
+    #   samples (the shipped model saw 15 k).
+    # Both legs stop on the clock (--time-budget), so a slower GPU trains less, never longer.
+    train_seconds=300, train_reserve_s=45, train_batches=(256, 32), train_lrs=(1e-3, 1e-3), train_workers=15,
+    train_probe_every=1000, train_eval_videos=100)
 DRY = Sizes(
     presets=("tiny",), batches=(1, 2), dtypes=("float16", "bfloat16"), warmup=1, reps=3,
     cf_cases=(("tiny", 1, 2, 16, 2, 4, 4, 2), ("tiny Tc=4", 1, 2, 16, 4, 4, 4, 2)),
     prtc_cases=(("tiny", 1, 2, 16, 2 * 2, 2 * 17),), long_case="tiny Tc=4", kernel_warmup=1, kernel_reps=2,
     ort_checkpoint="tiny", ort_clips=2, compile_options={"backend": "eager"}, train_preset="tiny",
-    train_steps=(2, 2))
+    train_seconds=4, train_reserve_s=20, train_batches=(8, 2), train_lrs=(5e-4, 1e-3), train_workers=2,
+    train_probe_every=20, train_eval_videos=2)
+CLIP_SHARE = 0.6
+"""Of the training time, the CLIP's part; VLP-RVOS gets the rest."""
+RETURN_LIMIT = 16 * 2**20
+"""The largest file the device machine brings back from $OUT."""
+TRAIN_SUMMARY, TRAIN_CHECKPOINT = "train_summary.json", "train_demo.safetensors.gz"
 
 
 class StageFailed(Exception):
@@ -384,27 +418,102 @@ def stage_ort_cpu(sizes: Sizes, save: Callable[[dict], None]) -> dict:
     return out
 
 
+def training_seconds(sizes: Sizes) -> float:
+    """Seconds the two training legs may take: sizes.train_seconds, or less when the stage's
+    deadline (DEADLINE_ENV, a time.time() value) leaves less after train_reserve_s."""
+    deadline = os.environ.get(DEADLINE_ENV)
+    if deadline is None:
+        return sizes.train_seconds
+    return max(1.0, min(sizes.train_seconds, float(deadline) - time.time() - sizes.train_reserve_s))
+
+
+def return_files(packed: Path, out: Path, limit: int = RETURN_LIMIT) -> list[str]:
+    """Copy the packed checkpoint (`rvos-edge pack`) into `out` as TRAIN_CHECKPOINT when it fits
+    in `limit` bytes, else as pieces TRAIN_CHECKPOINT.part1, .part2, ... of at most `limit`
+    bytes each (`cat TRAIN_CHECKPOINT.part* > TRAIN_CHECKPOINT` joins them). The names written."""
+    data = packed.read_bytes()
+    if len(data) <= limit:
+        (out / TRAIN_CHECKPOINT).write_bytes(data)
+        return [TRAIN_CHECKPOINT]
+    names = [f"{TRAIN_CHECKPOINT}.part{i // limit + 1}" for i in range(0, len(data), limit)]
+    for name, i in zip(names, range(0, len(data), limit)):
+        (out / name).write_bytes(data[i:i + limit])
+    return names
+
+
+def _heldout_jf(checkpoint: Path, videos: int, device: str) -> dict:
+    """J&F of the torch engine on the first `videos` held-out synthetic videos, overall and per kind."""
+    from rvos_edge.data import HELDOUT_SEED, SyntheticDataset
+    from rvos_edge.eval.evaluate import evaluate
+    from rvos_edge.runtime import Segmenter
+
+    segmenter = Segmenter.open(checkpoint, "torch", device=device)
+    report = evaluate(segmenter, SyntheticDataset(HELDOUT_SEED, videos), progress=False)
+    return {"data": f"synthetic:{HELDOUT_SEED}:{videos}", "engine": "torch fp32", "fps": report.fps,
+            **report.summary}
+
+
 def stage_train(sizes: Sizes, save: Callable[[dict], None]) -> dict:
+    """The demo recipe, time-boxed: CLIP pretraining with the default recipe (contrastive, hard
+    negatives, dense region-phrase alignment), then VLP-RVOS prompt tuning on that CLIP, each leg
+    stopped by the clock (--time-budget, training_seconds split CLIP_SHARE : rest), batches made
+    by worker processes. The packed checkpoint (return_files) and TRAIN_SUMMARY go to $OUT (the
+    device machine's return folder; runs/gpu-check without it). The same commands, with a
+    smaller budget, train on the CPU:
+        rvos-edge train --stage clip --out runs/clip --time-budget S --workers N ...
+        rvos-edge train --stage rvos --clip-weights runs/clip/clip.safetensors --time-budget S ..."""
+    import torch
+
+    from rvos_edge.model import load_checkpoint, save_checkpoint
     from rvos_edge.train.clip_pretrain import CLIPTrainOptions, train_clip
     from rvos_edge.train.rvos import RVOSTrainOptions, train_rvos
 
     device = _device().type
-    clip_steps, rvos_steps = sizes.train_steps
-    out: dict[str, Any] = {"preset": sizes.train_preset, "device": device}
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    out = Path(os.environ.get("OUT") or ROOT / "runs" / "gpu-check")
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = training_seconds(sizes)
+    workers = max(0, min(sizes.train_workers, (os.cpu_count() or 1) - 1))
+    (clip_batch, rvos_batch), (clip_lr, rvos_lr) = sizes.train_batches, sizes.train_lrs
+    summary: dict[str, Any] = {"preset": sizes.train_preset, "device": device, "workers": workers,
+                               "training_seconds": seconds}
+
+    def record() -> None:
+        save(summary)
+        (out / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=1, default=str) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="gpu-check-train-") as tmp:
-        s = train_clip(CLIPTrainOptions(out=f"{tmp}/clip", preset=sizes.train_preset, steps=clip_steps,
-                                        warmup=min(100, clip_steps), save_every=clip_steps, device=device))
-        out["clip"] = {"steps": clip_steps, "seconds": s["seconds"], "s_per_step": s["seconds"] / clip_steps,
-                       "loss_first": s["loss_first"], "loss_last": s["loss_last"],
-                       "heldout_accuracy": s["heldout_accuracy"], "probes": s["attribute_accuracy"],
-                       "patch_shuffle_cosine": s["patch_shuffle_cosine"]}
-        save(out)
-        s = train_rvos(RVOSTrainOptions(out=f"{tmp}/rvos", preset=sizes.train_preset, clip_weights=s["weights"],
-                                        steps=rvos_steps, warmup=min(100, rvos_steps), save_every=rvos_steps,
-                                        device=device))
-        out["rvos"] = {"steps": rvos_steps, "seconds": s["seconds"], "s_per_step": s["seconds"] / rvos_steps,
-                       "loss_first": s["loss_first"], "loss_last": s["loss_last"]}
-    return out
+        clip = CLIPTrainOptions(out=f"{tmp}/clip", preset=sizes.train_preset, steps=1_000_000, batch_size=clip_batch,
+                                lr=clip_lr, warmup=200 if device == "cuda" else 2, time_budget=seconds * CLIP_SHARE,
+                                workers=workers, probe_every=sizes.train_probe_every, save_every=1_000_000,
+                                device=device)
+        s = train_clip(clip, progress=False)
+        summary["clip"] = {"options": dataclasses.asdict(clip), "steps": s["steps"], "seconds": s["seconds"],
+                           "probe_seconds": s["probe_seconds"],
+                           "s_per_step": (s["seconds"] - s["probe_seconds"]) / max(1, s["steps"]),
+                           "loss_first": s["loss_first"],
+                           "loss_last": s["loss_last"], "heldout_accuracy": s["heldout_accuracy"],
+                           "probes": s["attribute_accuracy"], "patch_shuffle_cosine": s["patch_shuffle_cosine"],
+                           "probe_curve": s["probe_curve"]}
+        record()
+        rvos = RVOSTrainOptions(out=f"{tmp}/rvos", preset=sizes.train_preset, clip_weights=s["weights"],
+                                steps=1_000_000, batch_size=rvos_batch, lr=rvos_lr,
+                                warmup=100 if device == "cuda" else 2, time_budget=seconds * (1 - CLIP_SHARE),
+                                workers=workers, save_every=1_000_000, device=device)
+        r = train_rvos(rvos, progress=False)
+        summary["rvos"] = {"options": dataclasses.asdict(rvos), "steps": r["steps"], "seconds": r["seconds"],
+                           "s_per_step": r["seconds"] / max(1, r["steps"]), "loss_first": r["loss_first"],
+                           "loss_last": r["loss_last"]}
+        record()
+        packed = Path(tmp) / TRAIN_CHECKPOINT
+        save_checkpoint(load_checkpoint(r["checkpoint"], s["weights"]), packed)
+        summary["files"] = return_files(packed, out)
+        record()
+        summary["heldout"] = _heldout_jf(packed, sizes.train_eval_videos, device)
+    record()
+    return summary
 
 
 STAGE_RUNS: dict[str, Callable[[Sizes, Callable[[dict], None]], dict]] = {

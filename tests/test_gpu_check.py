@@ -124,3 +124,55 @@ def test_bad_budget_is_one_line() -> None:
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--budget", "0"], cwd=ROOT,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 2 and done.stderr == "gpu-check: --budget must be > 0 seconds, got 0\n"
+
+
+def test_dry_run_train_stage_writes_the_checkpoint_and_its_summary_to_out(tmp_path, monkeypatch) -> None:
+    """The whole recipe on the tiny preset, CLIP then VLP-RVOS, each leg stopped by the clock."""
+    import time
+
+    from gpu_stages import CLIP_SHARE, DEADLINE_ENV, TRAIN_CHECKPOINT, TRAIN_SUMMARY, stage_train
+
+    from rvos_edge.model import load_checkpoint
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setenv(DEADLINE_ENV, repr(time.time() + 300))
+    saved: list[dict] = []
+    data = stage_train(DRY, saved.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([TRAIN_CHECKPOINT, TRAIN_SUMMARY])
+    assert json.loads((tmp_path / TRAIN_SUMMARY).read_text()) == json.loads(json.dumps(data, default=str))
+    assert saved and saved[-1] is data and data["training_seconds"] == DRY.train_seconds
+    clip, rvos = data["clip"], data["rvos"]
+    assert clip["steps"] >= 1 and rvos["steps"] >= 1
+    assert clip["options"]["time_budget"] == pytest.approx(DRY.train_seconds * CLIP_SHARE)
+    assert clip["options"]["region_weight"] > 0 and clip["options"]["workers"] == min(DRY.train_workers,
+                                                                                     (os.cpu_count() or 1) - 1)
+    assert clip["seconds"] < DRY.train_seconds * CLIP_SHARE + 5 and rvos["seconds"] < DRY.train_seconds + 5
+    assert all(c["step"] % DRY.train_probe_every == 0 for c in clip["probe_curve"])
+    assert set(clip["probes"]) >= {"shape", "colour", "place", "per_patch"}
+    assert load_checkpoint(tmp_path / TRAIN_CHECKPOINT).config.name == DRY.train_preset
+    assert data["heldout"]["overall"]["expressions"] == DRY.train_eval_videos
+
+
+def test_training_time_fits_the_stage_deadline_and_big_checkpoints_come_back_in_pieces(tmp_path, monkeypatch) -> None:
+    import time
+
+    from gpu_stages import DEADLINE_ENV, GPU, TRAIN_CHECKPOINT, return_files, training_seconds
+
+    from rvos_edge.model import build_model, save_checkpoint
+
+    monkeypatch.delenv(DEADLINE_ENV, raising=False)
+    assert training_seconds(GPU) == GPU.train_seconds
+    monkeypatch.setenv(DEADLINE_ENV, repr(time.time() + GPU.train_reserve_s + 100))
+    assert 98 < training_seconds(GPU) <= 100                         # what the deadline leaves after the reserve
+    monkeypatch.setenv(DEADLINE_ENV, repr(time.time() + 1000))
+    assert training_seconds(GPU) == GPU.train_seconds
+
+    packed = tmp_path / "packed.safetensors.gz"
+    save_checkpoint(build_model("tiny", seed=0), packed)
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir(), big.mkdir()
+    assert return_files(packed, small) == [TRAIN_CHECKPOINT]
+    limit = packed.stat().st_size // 2 + 1
+    assert return_files(packed, big, limit) == [f"{TRAIN_CHECKPOINT}.part1", f"{TRAIN_CHECKPOINT}.part2"]
+    parts = [(big / f"{TRAIN_CHECKPOINT}.part{i}").read_bytes() for i in (1, 2)]
+    assert len(parts[0]) == limit and parts[0] + parts[1] == packed.read_bytes() == (small / TRAIN_CHECKPOINT).read_bytes()

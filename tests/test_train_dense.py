@@ -15,9 +15,10 @@ from rvos_edge.data.synthetic import SceneObject, generate_frame, patch_coverage
 from rvos_edge.model import build_model
 from rvos_edge.model.clip import CLIP, load_openai_clip
 from rvos_edge.model.vlprvos import clip_arch
-from rvos_edge.train.clip_pretrain import (BACKGROUND, CLIPTrainOptions, clip_batch, contrastive_loss, object_phrase,
-                                           pairs, patch_phrase_hits, pooled_phrase_loss, region_phrase_loss,
-                                           region_targets, sincos_positions, train_clip, visible, zero_unused_tokens)
+from rvos_edge.train.clip_pretrain import (BACKGROUND, CLIPTrainOptions, clip_batch, contrastive_loss, dense_weights,
+                                           object_phrase, pairs, patch_phrase_hits, pooled_phrase_loss,
+                                           region_phrase_loss, region_targets, sincos_positions, train_clip, visible,
+                                           zero_unused_tokens)
 from rvos_edge.train.loader import step_batches
 from rvos_edge.train.rvos import TrainData, accumulate_gradients, step_batch, warmup_cosine
 from rvos_edge.train.state import read_log, read_state
@@ -46,7 +47,10 @@ def test_patch_coverage_by_hand():
 
 def test_region_targets_come_from_the_generators_masks_and_attributes():
     scenes = [generate_frame(5, i)[1:] for i in range(6)]
-    phrases, weights = region_targets(scenes, grid=8)
+    phrases, owners, coverage = region_targets(scenes, grid=8)
+    most = max(len(visible(*scene)) for scene in scenes)
+    assert owners.shape == (6, most) and coverage.shape == (6, 64, most + 1)
+    weights = dense_weights(torch.from_numpy(owners), torch.from_numpy(coverage), len(phrases)).numpy()
     assert weights.shape == (6, 64, len(phrases) + 1) and phrases == list(dict.fromkeys(phrases))
     for b, (objects, labels) in enumerate(scenes):
         seen = visible(objects, labels)
@@ -67,11 +71,12 @@ def test_clip_batch_holds_the_pairs_and_tokenised_phrases_with_background_last()
     images, captions, negatives = pairs(2, 1, 4, 64, hard_negatives=1)
     batch = clip_batch(2, 1, 4, 64, hard_negatives=1, grid=4)
     assert torch.equal(batch.images, torch.from_numpy(images)) and batch.negatives.shape == (4, 77)
-    assert batch.weights.shape[:2] == (4, 16) and batch.phrases.shape == (batch.weights.shape[2], 77)
+    assert batch.coverage.shape[:2] == (4, 16) and batch.owners.shape == (4, batch.coverage.shape[2] - 1)
+    assert int(batch.owners.max()) < len(batch.phrases) - 1
     from rvos_edge.tokenizer import tokenize
     assert torch.equal(batch.phrases[-1], torch.from_numpy(tokenize([BACKGROUND])[0]))
     plain = clip_batch(2, 1, 4, 64)
-    assert plain.phrases is None and plain.weights is None and plain.negatives is None
+    assert plain.phrases is None and plain.owners is None and plain.coverage is None and plain.negatives is None
 
 
 def test_region_phrase_loss_by_hand():
@@ -170,8 +175,8 @@ def test_workers_make_the_same_batches():
     here, there = list(step_batches(make, 2, 5)), list(step_batches(make, 2, 5, workers=2))
     assert len(here) == len(there) == 3
     for a, b in zip(here, there):
-        assert all(torch.equal(x, y) for x, y in zip((a.images, a.tokens, a.negatives, a.phrases, a.weights),
-                                                      (b.images, b.tokens, b.negatives, b.phrases, b.weights)))
+        fields = ("images", "tokens", "negatives", "phrases", "owners", "coverage")
+        assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
 
 
 def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch():
@@ -216,3 +221,17 @@ def test_rvos_command_with_accumulation_and_a_time_budget(tmp_path, capsys):
     state = read_state(out, "rvos")
     assert state["step"] == 2 and state["options"]["accumulate"] == 2 and state["options"]["time_budget"] == 60
     assert "trained tiny to" in capsys.readouterr().out
+
+
+def test_workers_are_as_many_as_shared_memory_has_room_for(tmp_path):
+    from rvos_edge.train.loader import PREFETCH, fitting_workers, tensor_bytes
+
+    batch = clip_batch(1, 0, 2, 64, hard_negatives=1, grid=4)
+    assert tensor_bytes(batch) == sum(t.nbytes for t in (batch.images, batch.tokens, batch.negatives, batch.phrases,
+                                                           batch.owners, batch.coverage))
+    assert tensor_bytes([batch, batch]) == 2 * tensor_bytes(batch)
+    import shutil
+    free = shutil.disk_usage(tmp_path).free
+    assert fitting_workers(3, int(free / 2 / (2.5 * PREFETCH)), str(tmp_path)) == 2     # room for two and a half
+    assert fitting_workers(3, 1, str(tmp_path)) == 3 and fitting_workers(3, free, str(tmp_path)) == 0
+    assert fitting_workers(3, 10**15, str(tmp_path / "missing")) == 3                    # no such folder: no limit

@@ -238,35 +238,51 @@ def pairs(seed: int, step: int, batch_size: int, image_size: int,
 class CLIPBatch:
     """One step's pairs: images uint8 [B, S, S, 3], caption tokens int64 [B, 77], hard negative
     tokens [B * K, 77] (None when K = 0); with regions, the tokens of the batch's distinct object
-    phrases and of BACKGROUND last, int64 [P + 1, 77], and weights float [B, Np, P + 1]: the
-    coverage of each patch by the objects of each phrase (last: by the background)."""
+    phrases and of BACKGROUND last, int64 [P + 1, 77], and the region targets of region_targets
+    (owners int64 [B, N], coverage float [B, Np, N + 1]; `weights` makes them dense)."""
 
     images: Tensor
     tokens: Tensor
     negatives: Tensor | None
     phrases: Tensor | None = None
-    weights: Tensor | None = None
+    owners: Tensor | None = None
+    coverage: Tensor | None = None
 
     def to(self, device: str | torch.device) -> "CLIPBatch":
-        return CLIPBatch(*(None if t is None else t.to(device)
-                           for t in (self.images, self.tokens, self.negatives, self.phrases, self.weights)))
+        return CLIPBatch(*(None if t is None else t.to(device) for t in
+                           (self.images, self.tokens, self.negatives, self.phrases, self.owners, self.coverage)))
 
 
-def region_targets(scenes: list[tuple[list[SceneObject], np.ndarray]], grid: int) -> tuple[list[str], np.ndarray]:
-    """The distinct phrases (object_phrase) of the visible objects of `scenes` (objects, label
-    map [128, 128]) in order of appearance, and float32 weights [B, grid * grid, P + 1]: each
-    patch's coverage by the objects of each phrase, then by the background. Pixels of objects
-    too little visible to be named count for nothing."""
+def dense_weights(owners: Tensor, coverage: Tensor, phrases: int) -> Tensor:
+    """owners int64 [B, N] and coverage [B, Np, N + 1] (region_targets) -> weights [B, Np, P + 1]
+    with P = `phrases`: each patch's coverage by the objects of each phrase, then by the background."""
+    b, n, k = coverage.shape[0], coverage.shape[1], owners.shape[1]
+    weights = coverage.new_zeros(b, n, phrases + 1)
+    weights[..., :phrases].scatter_add_(2, owners[:, None, :].expand(b, n, k), coverage[..., :k])
+    weights[..., phrases] = coverage[..., k]
+    return weights
+
+
+def region_targets(scenes: list[tuple[list[SceneObject], np.ndarray]],
+                   grid: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The distinct phrases (object_phrase) of the visible objects of `scenes` (objects, label map
+    [128, 128]) in order of appearance; owners int64 [B, N], the phrase of each image's n-th
+    visible object (N: the most any image has; padding 0); and coverage float32 [B, grid * grid,
+    N + 1]: each patch's coverage by that object (padding 0), the background last. Pixels of
+    objects too little visible to be named count for nothing. Small enough for worker processes
+    to hand over; dense_weights expands them."""
     phrases: dict[str, int] = {}
     named = [[(phrases.setdefault(object_phrase(o), len(phrases)), o.id) for o in visible(objects, labels)]
              for objects, labels in scenes]
-    weights = np.zeros((len(scenes), grid * grid, len(phrases) + 1), np.float32)
+    most = max((len(seen) for seen in named), default=0)
+    owners = np.zeros((len(scenes), most), np.int64)
+    coverage = np.zeros((len(scenes), grid * grid, most + 1), np.float32)
     for b, ((_, labels), seen) in enumerate(zip(scenes, named)):
-        coverage = patch_coverage(labels, [i for _, i in seen], grid)           # [n + 1, Np]
-        for (k, _), row in zip(seen, coverage):
-            weights[b, :, k] += row
-        weights[b, :, -1] = coverage[-1]
-    return list(phrases), weights
+        owners[b, :len(seen)] = [k for k, _ in seen]
+        cover = patch_coverage(labels, [i for _, i in seen], grid)             # [n + 1, Np]
+        coverage[b, :, :len(seen)] = cover[:-1].T
+        coverage[b, :, -1] = cover[-1]
+    return list(phrases), owners, coverage
 
 
 def clip_batch(seed: int, step: int, batch_size: int, image_size: int, hard_negatives: int = 0,
@@ -278,9 +294,9 @@ def clip_batch(seed: int, step: int, batch_size: int, image_size: int, hard_nega
     batch = CLIPBatch(torch.from_numpy(np.stack([m[0] for m in made])), torch.from_numpy(tokenize([m[1] for m in made])),
                       torch.from_numpy(tokenize(negatives)) if negatives else None)
     if grid is not None:
-        phrases, weights = region_targets([(m[3], m[4]) for m in made], grid)
+        phrases, owners, coverage = region_targets([(m[3], m[4]) for m in made], grid)
         batch.phrases = torch.from_numpy(tokenize([*phrases, BACKGROUND]))
-        batch.weights = torch.from_numpy(weights)
+        batch.owners, batch.coverage = torch.from_numpy(owners), torch.from_numpy(coverage)
     return batch
 
 
@@ -350,7 +366,7 @@ def clip_loss(clip: CLIP, batch: CLIPBatch, region_weight: float, pooled_weight:
     """The pretraining loss of one batch: contrastive, plus region_weight * region_phrase_loss and
     pooled_weight * pooled_phrase_loss when the batch has region targets; and its parts for the log."""
     x = normalise(batch.images)
-    if batch.phrases is None or batch.weights is None:
+    if batch.phrases is None or batch.owners is None or batch.coverage is None:
         loss, acc = embedding_contrastive_loss(clip, clip.encode_image(x), batch.tokens, batch.negatives)
         return loss, {"loss": loss.item(), "batch_accuracy": acc}
     image, patches = image_tokens(clip, x)
@@ -358,8 +374,9 @@ def clip_loss(clip: CLIP, batch: CLIPBatch, region_weight: float, pooled_weight:
     patches = F.normalize(patches, dim=-1)
     texts = F.normalize(clip.encode_text(trim_padding(batch.phrases)), dim=-1)
     scale = clip.logit_scale.exp().clamp(max=100)
-    region = region_phrase_loss(patches, texts, batch.weights, scale)
-    pooled = pooled_phrase_loss(patches, texts[:-1], batch.weights[..., :-1], scale)
+    weights = dense_weights(batch.owners, batch.coverage, len(texts) - 1)
+    region = region_phrase_loss(patches, texts, weights, scale)
+    pooled = pooled_phrase_loss(patches, texts[:-1], weights[..., :-1], scale)
     loss = contrastive + region_weight * region + pooled_weight * pooled
     return loss, {"loss": loss.item(), "batch_accuracy": acc, "contrastive": contrastive.item(),
                   "region": region.item(), "pooled": pooled.item()}
@@ -445,12 +462,13 @@ def attribute_accuracy(clip: CLIP, cfg: ModelConfig, count: int = 200, device: s
     for i in range(count):
         frame, objects, labels = generate_frame(HELDOUT_SEED, i)
         image = torch.from_numpy(prepare_frame(np.ascontiguousarray(frame[..., ::-1]), cfg.image_size)[None])
-        phrases, weights = region_targets([(objects, labels)], grid)
+        phrases, owners, coverage = region_targets([(objects, labels)], grid)
         if phrases:
             with torch.no_grad():
                 _, patches = image_tokens(clip, normalise(image.to(device)))
                 texts = clip.encode_text(torch.from_numpy(tokenize([*phrases, BACKGROUND])).to(device))
-            right, choices = patch_phrase_hits(patches[0], texts, torch.from_numpy(weights[0]).to(device))
+            weights = dense_weights(torch.from_numpy(owners), torch.from_numpy(coverage), len(phrases))
+            right, choices = patch_phrase_hits(patches[0], texts, weights[0].to(device))
             hits["per_patch"] += right.tolist()
             chance["per_patch"] += (1 / choices).tolist()
         seen = visible(objects, labels, 150)
