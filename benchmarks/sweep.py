@@ -28,17 +28,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from plot import box_chart, line_chart  # benchmarks/plot.py, beside this script
 from tqdm import tqdm
 
-from rvos_edge.bench import environment, machine_name, markdown_table, usable_cores
-from rvos_edge.config import PRESETS
 from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.artifacts.precision import precision_names
 from rvos_edge.artifacts.tensorrt import engine_entries
+from rvos_edge.bench import environment, machine_name, markdown_table, usable_cores
+from rvos_edge.config import PRESETS
 from rvos_edge.engines import DEVICES, backend_names
 from rvos_edge.fileio import atomic_write_bytes
-
-from plot import box_chart, line_chart        # benchmarks/plot.py, beside this script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -58,15 +58,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from rvos_edge.engines import Engines, default_backend, open_engines
+from rvos_edge.engines.base import clip_feeds, empty_history
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.flops import count_flops
-from rvos_edge.tokenizer import tokenize_for_prompts
-from rvos_edge.engines import Engines, default_backend, open_engines
-from rvos_edge.engines.base import clip_feeds, empty_history
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import Segmenter
 from rvos_edge.runtime.video import open_video, prefetch
+from rvos_edge.tokenizer import tokenize_for_prompts
 
 SCHEMA = "rvos-edge-bench/1"
 PERCENTILES = (50, 90, 99)

@@ -28,14 +28,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.artifacts.precision import PRECISIONS, Tolerance, precision_names
 from rvos_edge.artifacts.tensorrt import engine_entries
-from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.engines import Engines, backend_names, open_engines
 from rvos_edge.engines.base import clip_feeds, empty_history
+from rvos_edge.errors import UserError
+from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.runtime.pipeline import prepare_frame
+
 
 @dataclass(frozen=True)
 class CheckRow:

@@ -159,6 +159,7 @@ def _add_info(p: argparse.ArgumentParser) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     require("torch", "this command")
     import torch
+
     from rvos_edge.model import VLPRVOS
     cfg = _model_config(args.source)
     with torch.device("meta"):                 # counts need shapes only: no memory, no init

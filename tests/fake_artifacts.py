@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.artifacts.manifest import Manifest, expected_graphs, hash_files, write_manifest
+from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.tokenizer import vocab_sha256
 
 TINY = get_config("tiny")

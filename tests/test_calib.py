@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-
 from conftest import export_tiny
+
+from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.calib.data import calibration_data
 from rvos_edge.calib.graph import GROUPS, fold_constants, module_path, node_paths
 from rvos_edge.calib.int8 import QUANT_OPS, calibrate, modelopt_available
@@ -21,7 +22,6 @@ from rvos_edge.cli import main
 from rvos_edge.data import SyntheticDataset
 from rvos_edge.errors import UserError
 from rvos_edge.eval.evaluate import segment
-from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.runtime import Segmenter, open_engines
 from rvos_edge.runtime.pipeline import prepare_frame
 

@@ -7,8 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rvos_edge.calib.stats import (BINS, MIN_AMAX, ActivationStats, read_trt_cache, scale_hex, trt_version_number,
-                                   write_trt_cache)
+from rvos_edge.calib.stats import (
+    BINS,
+    MIN_AMAX,
+    ActivationStats,
+    read_trt_cache,
+    scale_hex,
+    trt_version_number,
+    write_trt_cache,
+)
 from rvos_edge.errors import UserError
 
 

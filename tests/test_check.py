@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 from fake_tensorrt import FakeTrt
+from test_tensorrt_backend import add_engines, entry, install_fake_tensorrt
+
 from rvos_edge.artifacts.precision import PRECISIONS, Tolerance
 from rvos_edge.check import check_inputs, mask_iou
 from rvos_edge.cli import main
-from test_tensorrt_backend import add_engines, entry, install_fake_tensorrt
 
 HAS_TRT = __import__("importlib").util.find_spec("tensorrt") is not None
 

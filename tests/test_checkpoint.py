@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import make_frames, make_tokens
 from safetensors.torch import load, load_file, save_file
 
-from conftest import make_frames, make_tokens
 from rvos_edge.cli import main
 from rvos_edge.config import get_config
 from rvos_edge.errors import UserError

@@ -12,7 +12,6 @@ from torch import nn
 from rvos_edge.errors import UserError
 from rvos_edge.model.clip import load_openai_clip
 
-
 # --- an independent reference written the way OpenAI's clip/model.py computes --------
 # (sequence-first layout, torch.nn.MultiheadAttention, QuickGELU), so that parameter
 # names are OpenAI's and nothing is shared with rvos_edge.model.clip.

@@ -8,12 +8,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import make_frames, make_tokens
+
+from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.cli import main
 from rvos_edge.errors import UserError
 from rvos_edge.export import onnx_export
-from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.fileio import sha256_file
 from rvos_edge.model import build_model, load_checkpoint, save_checkpoint
 

@@ -16,8 +16,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rvos_edge.errors import UserError
-from rvos_edge.kernels import (ENV_VAR, IMPLS, allowed_pairs, cube_frame_attention, cube_frame_mask,
-                               prtc_cross_attention, resolve_impl)
+from rvos_edge.kernels import (
+    ENV_VAR,
+    IMPLS,
+    allowed_pairs,
+    cube_frame_attention,
+    cube_frame_mask,
+    prtc_cross_attention,
+    resolve_impl,
+)
 
 GRIDS = [(4, 4), (5, 7), (11, 11)]
 GEOMETRIES = [(tc, h, w, mw, s) for tc, (h, w), mw in itertools.product((1, 2, 6), GRIDS, (2, 3, 4))

@@ -11,9 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from test_kernels import dense_attention, design_allows
 
 from rvos_edge.kernels import cube_frame_attention, prtc_cross_attention
-from test_kernels import dense_attention, design_allows
 
 H, W, MW, SHIFT, HEADS, D, M_TMP = 5, 7, 3, 1, 2, 16, 2
 

@@ -20,9 +20,9 @@ import os
 
 import pytest
 import torch
+from test_kernels import HAND_WORKED, attended_keys, dense_attention, design_allows, qkv
 
 from rvos_edge.kernels import cube_frame_attention, prtc_cross_attention, resolve_impl
-from test_kernels import HAND_WORKED, attended_keys, dense_attention, design_allows, qkv
 
 needs_triton = pytest.mark.skipif(
     not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),

@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 from fake_artifacts import TINY, edit_manifest, make_fake_artifacts
 
-from rvos_edge.errors import UserError
 from rvos_edge.artifacts import manifest as mf
-from rvos_edge.artifacts.manifest import (FORMAT, FORMAT_VERSION, ManifestError, TensorSpec, expected_graphs,
-                                       load_manifest, write_manifest)
+from rvos_edge.artifacts.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    ManifestError,
+    TensorSpec,
+    expected_graphs,
+    load_manifest,
+    write_manifest,
+)
+from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, sha256_file
 
 

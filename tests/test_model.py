@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_frames, make_tokens
+
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.tokenizer import tokenize
 

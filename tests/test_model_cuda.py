@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_frames
+
 from rvos_edge.model import TextFeatures, build_model
 from rvos_edge.tokenizer import EOT_TOKEN, SOT_TOKEN
 

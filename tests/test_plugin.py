@@ -16,17 +16,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rvos_edge.cli import main
-from rvos_edge.export import onnx_export
 from rvos_edge.artifacts.manifest import CLIP_MODEL, expected_graphs, load_manifest
-from rvos_edge.engines.trt.plugin import plugin_blocker
-from rvos_edge.export.plugin_graph import PLUGIN_FILE, plugin_nodes
-from rvos_edge.kernels.trt_plugin import strip_trailing_params
 from rvos_edge.artifacts.tensorrt import PLUGIN_OP, plugin_graph_file
+from rvos_edge.cli import main
 from rvos_edge.engines.trt.plan import ArtifactSet
+from rvos_edge.engines.trt.plugin import plugin_blocker
+from rvos_edge.export import onnx_export
+from rvos_edge.export.plugin_graph import PLUGIN_FILE, plugin_nodes
 from rvos_edge.kernels.reference import cube_frame_mask, masked_attention
-from rvos_edge.model import load_checkpoint, save_checkpoint
-from rvos_edge.model import build_model
+from rvos_edge.kernels.trt_plugin import strip_trailing_params
+from rvos_edge.model import build_model, load_checkpoint, save_checkpoint
 from rvos_edge.runtime import Segmenter
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,16 +7,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
+from conftest import export_tiny
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import export_tiny
+from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.calib.fp16 import build_fp16, ort_cpu_fp32_ops, to_fp16
 from rvos_edge.calib.graph import module_path
 from rvos_edge.cli import main
 from rvos_edge.data import SyntheticDataset
 from rvos_edge.eval.evaluate import segment
-from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.runtime import Segmenter
 
 FP32_KEPT = {"LayerNormalization", "Softmax", "InstanceNormalization", "ReduceSum", "ReduceL2"}

@@ -21,13 +21,12 @@ import torch
 from fake_artifacts import edit_manifest, make_fake_artifacts
 from test_runtime_cli import read_video, write_video
 
+from rvos_edge.artifacts.manifest import load_manifest, token_runs
 from rvos_edge.cli import main
 from rvos_edge.errors import UserError
-from rvos_edge.artifacts.manifest import load_manifest, token_runs
-from rvos_edge.model import build_model, save_checkpoint
-from rvos_edge.model import weights
-from rvos_edge.tokenizer import EOT_TOKEN, SOT_TOKEN, tokenize
+from rvos_edge.model import build_model, save_checkpoint, weights
 from rvos_edge.runtime.run import COLOURS_BGR, overlay
+from rvos_edge.tokenizer import EOT_TOKEN, SOT_TOKEN, tokenize
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

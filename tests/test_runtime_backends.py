@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 
-from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import expected_graphs
+from rvos_edge.engines.ort.session import resolve_providers
+from rvos_edge.errors import UserError
 from rvos_edge.fileio import sha256_file
 from rvos_edge.runtime import Runner, Segmenter, open_engines
-from rvos_edge.engines.ort.session import resolve_providers
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 
 from rvos_edge.errors import UserError
-from rvos_edge.tokenizer import tokenize_for_prompts
 from rvos_edge.runtime import Engines, ExpressionTruncatedWarning, Runner, Segmenter, open_engines
 from rvos_edge.runtime.pipeline import LRUCache, mask_and_score, prepare_frame, upsample_logits
+from rvos_edge.tokenizer import tokenize_for_prompts
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 from fake_tensorrt import DEVICE_TO_DEVICE, HOST_TO_DEVICE, FakeCudart, FakeEngine, FakeTrt, install_tensorrt
+
+from rvos_edge.artifacts.manifest import (
+    CLIP_MODEL,
+    GRAPH_NAMES,
+    TEXT_ENCODER,
+    ManifestError,
+    expected_graphs,
+    hash_files,
+    load_manifest,
+    write_manifest,
+)
+from rvos_edge.artifacts.tensorrt import (
+    EngineEntry,
+    GpuInfo,
+    check_engine_compat,
+    engine_entries,
+    engine_entry,
+    engine_file,
+    plugin_graph_file,
+    with_engines,
+)
 from rvos_edge.cli import main
-from rvos_edge.errors import UserError
-from rvos_edge.artifacts.manifest import (CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, ManifestError, expected_graphs,
-                                       hash_files, load_manifest, write_manifest)
-from rvos_edge.artifacts.tensorrt import (EngineEntry, GpuInfo, check_engine_compat, engine_entries, engine_entry,
-                                           engine_file, plugin_graph_file, with_engines)
-from rvos_edge.engines.trt.plan import profile_shapes
-from rvos_edge.runtime import Segmenter, open_engines
 from rvos_edge.engines import Engines
 from rvos_edge.engines.trt.cuda import device_index
+from rvos_edge.engines.trt.plan import profile_shapes
 from rvos_edge.engines.trt.runner import TrtRunner
+from rvos_edge.errors import UserError
+from rvos_edge.runtime import Segmenter, open_engines
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TRT = __import__("importlib").util.find_spec("tensorrt") is not None

@@ -12,17 +12,17 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from fake_artifacts import TINY, make_fake_artifacts
+from fake_tensorrt import FakeTrt, IInt8EntropyCalibrator2, IInt8MinMaxCalibrator
 from polygraphy.backend import trt as polygraphy_trt
 from polygraphy.exception import PolygraphyException
 from polygraphy.logger import G_LOGGER
+from test_tensorrt_backend import install_fake_tensorrt
 
-from fake_artifacts import TINY, make_fake_artifacts
-from fake_tensorrt import FakeTrt, IInt8EntropyCalibrator2, IInt8MinMaxCalibrator
 from rvos_edge.cli import main
 from rvos_edge.engines.trt.build import build_engines, cache_calibrator, create_config, network
-from rvos_edge.engines.trt.plan import ArtifactSet, GraphPlan, TrtVersion, plan_build, profile_shapes
+from rvos_edge.engines.trt.plan import ArtifactSet, TrtVersion, plan_build, profile_shapes
 from rvos_edge.errors import UserError
-from test_tensorrt_backend import install_fake_tensorrt
 
 BASE = {"text_encoder": "text_encoder.onnx", "clip_model": "clip_model.onnx"}
 INT8 = {"text_encoder": "text_encoder.onnx", "clip_model": "clip_model.int8.onnx"}

@@ -15,13 +15,13 @@ import pytest
 tensorrt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'rvos-edge[trt]')")
 pytest.importorskip("polygraphy", reason="Polygraphy is not installed (pip install 'rvos-edge[trt]')")
 
-from rvos_edge.cli import main  # noqa: E402
-from rvos_edge.errors import UserError  # noqa: E402
 from rvos_edge.artifacts.manifest import load_manifest, write_manifest  # noqa: E402
+from rvos_edge.cli import main  # noqa: E402
+from rvos_edge.engines.trt.cuda import select_device  # noqa: E402
 from rvos_edge.engines.trt.plan import TrtVersion  # noqa: E402
+from rvos_edge.errors import UserError  # noqa: E402
 from rvos_edge.model import build_model, save_checkpoint  # noqa: E402
 from rvos_edge.runtime import Segmenter, open_engines  # noqa: E402
-from rvos_edge.engines.trt.cuda import select_device  # noqa: E402
 
 
 def _has_gpu() -> bool:

@@ -6,13 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 from fake_artifacts import TINY, make_fake_artifacts
-from rvos_edge.errors import UserError
+
+from rvos_edge.artifacts.calib_cache import calibration_cache_for
 from rvos_edge.artifacts.manifest import hash_files, load_manifest, write_manifest
 from rvos_edge.artifacts.tensorrt import plugin_section
-from rvos_edge.artifacts.calib_cache import calibration_cache_for
 from rvos_edge.engines.trt.plan import ArtifactSet, GraphPlan, TrtVersion, plan_build, profile_shapes
+from rvos_edge.errors import UserError
 
 BASE = {"text_encoder": "text_encoder.onnx", "clip_model": "clip_model.onnx"}
 FP16 = {"text_encoder": "text_encoder.fp16.onnx", "clip_model": "clip_model.fp16.onnx"}

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rvos_edge.errors import UserError
 from rvos_edge import tokenizer
+from rvos_edge.errors import UserError
 from rvos_edge.tokenizer import (
     EOT_TOKEN,
     SOT_TOKEN,

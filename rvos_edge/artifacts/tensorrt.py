@@ -23,8 +23,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest, ManifestError
+from rvos_edge.errors import UserError
 
 PLUGIN_OP = "rvos_edge::CubeFrameAttention"
 PLUGIN_NOTE = ("TensorRT only: ONNX Runtime cannot run the CubeFrameAttention nodes; "

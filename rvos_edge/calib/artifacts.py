@@ -14,12 +14,12 @@ from typing import Any, Mapping
 
 import onnx
 
-from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER, Manifest, hash_files, load_manifest, write_manifest
-from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.engines.base import Engines
 from rvos_edge.engines.ort.runner import OrtRunner
 from rvos_edge.engines.ort.session import ort_session
+from rvos_edge.errors import UserError
+from rvos_edge.fileio import atomic_write_bytes
 
 _PROTOBUF_LIMIT = 2 * 1024 ** 3
 

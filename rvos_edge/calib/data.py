@@ -24,10 +24,10 @@ import numpy as np
 from tqdm import tqdm
 
 from rvos_edge.data import Dataset
-from rvos_edge.errors import UserError
-from rvos_edge.tokenizer import tokenize_for_prompts
 from rvos_edge.engines.base import Engines, clip_feeds, empty_history
+from rvos_edge.errors import UserError
 from rvos_edge.runtime.pipeline import prepare_frame
+from rvos_edge.tokenizer import tokenize_for_prompts
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
+from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, Manifest
 from rvos_edge.calib.artifacts import add_variant, engines_from_models, open_folder, save_graph, variant_file
 from rvos_edge.calib.data import calibration_data
 from rvos_edge.data import SyntheticDataset
-from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, Manifest
 from rvos_edge.engines import open_engines
 from rvos_edge.engines.ort.session import ort_session
 

@@ -57,15 +57,15 @@ import onnx
 from onnx import helper
 from tqdm import tqdm
 
+from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest
 from rvos_edge.calib.artifacts import add_variant, open_folder, save_graph, variant_file
 from rvos_edge.calib.data import CalibrationData, calibration_data
 from rvos_edge.calib.graph import fold_constants, matching, node_paths
 from rvos_edge.calib.stats import DEFAULT_TRT_VERSION, METHODS, ActivationStats, write_trt_cache
 from rvos_edge.data import open_dataset
-from rvos_edge.errors import UserError
-from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest
 from rvos_edge.engines import open_engines
 from rvos_edge.engines.ort.session import ort_session
+from rvos_edge.errors import UserError
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 DEFAULT_EXCLUDE = ("*/model.head.out/*",)

@@ -37,22 +37,21 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
+from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, load_manifest
+from rvos_edge.artifacts.precision import PRECISIONS
+from rvos_edge.bench import cpu_model
 from rvos_edge.calib.artifacts import engines_from_models
 from rvos_edge.calib.data import calibration_data
 from rvos_edge.calib.fp16 import ort_cpu_fp32_ops
 from rvos_edge.calib.graph import GROUPS, node_groups
 from rvos_edge.calib.int8 import CalibrationResult, quantize_ort
 from rvos_edge.data import Sample, open_dataset
+from rvos_edge.engines import Engines, open_engines
 from rvos_edge.errors import UserError
 from rvos_edge.eval.evaluate import score_video, segment
 from rvos_edge.eval.metrics import region_similarity
-from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, load_manifest
-from rvos_edge.artifacts.precision import PRECISIONS
 from rvos_edge.fileio import atomic_write_bytes
-from rvos_edge.bench import cpu_model
-from rvos_edge.engines import Engines, open_engines
 from rvos_edge.runtime.segmenter import Segmenter
-
 
 
 def _masks(engines: Engines, samples: Sequence[Sample], clip_len: int | None, desc: str, progress: bool) -> list[np.ndarray]:

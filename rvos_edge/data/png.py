@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.errors import UserError
+from rvos_edge.fileio import atomic_write_bytes
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -129,9 +129,9 @@ def run_eval(path: str, data: str, split: str | None = None, backend: str | None
              device: str | None = None, threads: int | None = None, progress: bool = True) -> EvalReport:
     """`rvos-edge eval`: open the model with the runtime, evaluate, write JSON if asked, print the summary line."""
     from rvos_edge.data import open_dataset
+    from rvos_edge.engines import default_backend
     from rvos_edge.fileio import atomic_write_bytes
     from rvos_edge.runtime import Segmenter
-    from rvos_edge.engines import default_backend
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")

@@ -39,15 +39,25 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from rvos_edge.errors import UserError
-from rvos_edge.artifacts.manifest import (CLIP_MODEL, MANIFEST_NAME, TEXT_ENCODER, GraphSpec, Manifest,
-                                       expected_graphs, hash_files, producer_versions, token_runs, write_manifest)
+from rvos_edge.artifacts.manifest import (
+    CLIP_MODEL,
+    MANIFEST_NAME,
+    TEXT_ENCODER,
+    GraphSpec,
+    Manifest,
+    expected_graphs,
+    hash_files,
+    producer_versions,
+    token_runs,
+    write_manifest,
+)
 from rvos_edge.engines.ort.session import ort_session
+from rvos_edge.errors import UserError
 from rvos_edge.fileio import output_folder
 from rvos_edge.model.checkpoint import load_checkpoint
 from rvos_edge.model.text import TextFeatures, learnt_token_ids
-from rvos_edge.tokenizer import tokenize_for_prompts, vocab_sha256
 from rvos_edge.model.vlprvos import VLPRVOS
+from rvos_edge.tokenizer import tokenize_for_prompts, vocab_sha256
 
 OPSET = 18
 ATTENTIONS = ("decomposed", "plugin")

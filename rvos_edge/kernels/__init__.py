@@ -11,9 +11,15 @@ Export and FLOP counting: see `rvos_edge.kernels.attention`.
 
 Importing this package imports torch but not triton (a dev extra, loaded on first use).
 """
-from rvos_edge.kernels.attention import (ENV_VAR, IMPLS, cube_frame_attention, prtc_cross_attention,
-                                         resolve_impl, triton_available)
 from rvos_edge.geometry import allowed_pairs
+from rvos_edge.kernels.attention import (
+                                         ENV_VAR,
+                                         IMPLS,
+                                         cube_frame_attention,
+                                         prtc_cross_attention,
+                                         resolve_impl,
+                                         triton_available,
+)
 from rvos_edge.kernels.reference import cube_frame_mask
 
 __all__ = ["ENV_VAR", "IMPLS", "allowed_pairs", "cube_frame_attention", "cube_frame_mask",

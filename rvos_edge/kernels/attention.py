@@ -39,10 +39,9 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from rvos_edge.errors import UserError
-from rvos_edge.kernels.decomposed import decomposed_attention, decomposed_attention_backward
 from rvos_edge.geometry import allowed_pairs
-from rvos_edge.kernels.reference import (cube_frame_mask, default_scale, masked_attention,
-                                         masked_attention_backward)
+from rvos_edge.kernels.decomposed import decomposed_attention, decomposed_attention_backward
+from rvos_edge.kernels.reference import cube_frame_mask, default_scale, masked_attention, masked_attention_backward
 
 IMPLS = ("auto", "reference", "decomposed", "triton", "flex", "plugin")
 ENV_VAR = "RVOS_EDGE_ATTENTION"     # overrides what impl "auto" means

@@ -23,9 +23,9 @@ from safetensors.torch import save
 
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.errors import UserError
+from rvos_edge.fileio import atomic_write_bytes, sha256_file
 from rvos_edge.model.clip import clip_from_state_dict, infer_arch
 from rvos_edge.model.vlprvos import VLPRVOS, clip_arch
-from rvos_edge.fileio import atomic_write_bytes, sha256_file
 from rvos_edge.model.weights import GZIP_SUFFIX, is_safetensors_path, read_safetensors_metadata, read_state_dict
 
 FORMAT = "rvos-edge-checkpoint"

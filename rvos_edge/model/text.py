@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from rvos_edge.model.clip import CLIP, causal_mask
-from rvos_edge.tokenizer import EOT_TOKEN   # the largest id: argmax finds it
+from rvos_edge.tokenizer import EOT_TOKEN  # the largest id: argmax finds it
 
 
 def learnt_token_ids(clip: CLIP) -> list[int]:

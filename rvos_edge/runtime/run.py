@@ -53,9 +53,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from rvos_edge.engines import Engines, open_engines
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, make_folder, output_folder
-from rvos_edge.engines import Engines, open_engines
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import ExpressionTruncatedWarning, Segmenter, SegmentResult
 from rvos_edge.runtime.video import DecodeError, FrameSource, open_source, prefetch

@@ -33,13 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import in_runs
 from rvos_edge.engines import Engines, open_engines
 from rvos_edge.engines.base import TEXT_OUTPUTS, clip_feeds, empty_history
-from rvos_edge.runtime.pipeline import (LRUCache, StageTimes, check_frame, mask_and_score, prepare_frame,
-                                        upsample_logits)
-
+from rvos_edge.errors import UserError
+from rvos_edge.runtime.pipeline import LRUCache, StageTimes, check_frame, mask_and_score, prepare_frame, upsample_logits
 
 QUOTE_LIMIT = 60           # characters of an expression a warning quotes
 UNKNOWN_LIMIT = 5          # words an unknown-words warning names

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rvos_edge.errors import UserError
-from rvos_edge.extras import require
 from rvos_edge.artifacts.manifest import CLIP_MODEL, TEXT_ENCODER, expected_graphs
 from rvos_edge.engines.base import Engines, Runner
+from rvos_edge.errors import UserError
+from rvos_edge.extras import require
 
 _CLIP_LEN = (1, None)
 

@@ -37,11 +37,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from rvos_edge.config import ModelConfig
-from rvos_edge.artifacts.precision import get_precision
-from rvos_edge.errors import UserError
 from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest, expected_graphs
+from rvos_edge.artifacts.precision import get_precision
 from rvos_edge.artifacts.tensorrt import plugin_graph_file
+from rvos_edge.config import ModelConfig
+from rvos_edge.errors import UserError
 
 MIN_VERSION = (10, 0)
 JIT_PLUGINS = (10, 6)       # tensorrt.plugin (register/impl): Python plugins, run just in time

@@ -47,7 +47,14 @@ from typing import Any
 
 import numpy as np
 
-from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, TEXT_ENCODER, TensorSpec, expected_graphs, load_manifest
+from rvos_edge.artifacts.manifest import (
+    CLIP_MODEL,
+    GRAPH_NAMES,
+    TEXT_ENCODER,
+    TensorSpec,
+    expected_graphs,
+    load_manifest,
+)
 from rvos_edge.artifacts.tensorrt import EngineEntry, check_engine_compat, engine_entry
 from rvos_edge.engines.base import Engines, Runner
 from rvos_edge.engines.trt.cuda import CudaGraph, device_index, select_device
@@ -61,8 +68,8 @@ HISTORY, HISTORY_OUT = "history", "history_out"
 def import_tensorrt() -> Any:
     """The tensorrt module, once tensorrt and polygraphy both import; else a UserError saying how to install them."""
     try:
-        import tensorrt
         import polygraphy  # noqa: F401  (the builder and runner are Polygraphy's)
+        import tensorrt
     except ImportError as e:
         missing = "TensorRT" if e.name == "tensorrt" else e.name
         raise UserError(f"{missing} is not installed: {INSTALL_HINT}") from None
