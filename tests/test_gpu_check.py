@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -74,12 +75,13 @@ def test_a_stage_past_its_time_is_killed_and_the_next_one_runs(tmp_path: Path, m
     3 s of 18, too little for its ONNX export alone; it is killed, recorded, and the next stage runs."""
     stages = (gpu_check.Stage("ort_cpu", "ONNX Runtime", 2), gpu_check.Stage("environment", "Environment", 10))
     monkeypatch.setattr(gpu_check, "STAGES", stages)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the child's --result is under tmp_path: ours alone
     report = gpu_check.run_all(budget=10 + gpu_check.MARGIN_S + 3, dry_run=True, train=False, out=tmp_path / "r")
     slow, env = report["stages"]
     assert slow["status"] == "timed out" and 2.5 < slow["timeout_s"] <= 3.0
     assert slow["seconds"] < slow["timeout_s"] + 5 and slow["error"].startswith("killed after 3 s")
     assert env["status"] == "ok" and env["data"]["torch"]
-    alive = subprocess.run(["pgrep", "-f", "gpu_check.py --stage ort_cpu"], capture_output=True, text=True)
+    alive = subprocess.run(["pgrep", "-f", f"--stage ort_cpu --result {tmp_path}"], capture_output=True, text=True)
     assert alive.stdout.strip() == ""
 
 
