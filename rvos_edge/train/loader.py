@@ -8,7 +8,8 @@ of one) whose result depends on `step` alone: every batch of the synthetic world
 function of (seed, step), so the batches are the same whatever the number of workers, and a
 run that stops early (a time budget) simply drops the ones made ahead. Workers hand their
 tensors over through shared memory (/dev/shm), so there are only as many as fit the
-batches in flight in half of its free space (`fitting_workers`).
+batches in flight in half of its free space (`fitting_workers`). Workers are spawned (a fresh
+interpreter each), never forked from the training process, whose thread pools could hold locks.
 """
 from __future__ import annotations
 
@@ -89,8 +90,10 @@ def step_batches(make: Callable[[int], T], start: int, stop: int, workers: int =
     if fit == 0:
         yield from (make(step) for step in range(start + 1, stop))
         return
+    # spawned, not forked: a fork of a process whose OpenCV / OpenMP thread pools hold a lock deadlocks
     yield from DataLoader(StepBatches(make, start + 1, stop), batch_size=None, shuffle=False, num_workers=fit,
-                          prefetch_factor=PREFETCH, worker_init_fn=_one_thread, collate_fn=_as_is)
+                          prefetch_factor=PREFETCH, worker_init_fn=_one_thread, collate_fn=_as_is,
+                          multiprocessing_context="spawn")
 
 
 def check_loop_options(time_budget: float | None, workers: int, probe_every: int = 0) -> None:
