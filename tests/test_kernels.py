@@ -212,7 +212,8 @@ def test_flop_counter_prtc():
 def test_auto_resolution_and_env_override(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert resolve_impl("auto", torch.device("cpu")) == "decomposed"
-    assert set(IMPLS) == {"auto", "reference", "decomposed", "triton", "flex"}
+    assert set(IMPLS) == {"auto", "reference", "decomposed", "triton", "flex", "plugin"}
+    assert resolve_impl("plugin", torch.device("cpu")) == "decomposed"     # an export choice; eagerly decomposed
     monkeypatch.setenv(ENV_VAR, "reference")
     assert resolve_impl("auto", torch.device("cpu")) == "reference"
     assert resolve_impl("decomposed", torch.device("cpu")) == "decomposed"   # only "auto" is overridden
