@@ -73,7 +73,7 @@ PERCENTILES = (50, 90, 99)
 EXPRESSION = "the person walking on the left"
 VIDEO_SIZE = (854, 480)          # width, height of the synthetic video (DAVIS 480p)
 _LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "opencv-python",
-              "opencv-python-headless", "tensorrt", "rvos-edge")
+              "opencv-python-headless", "tensorrt", "openvino", "rvos-edge")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

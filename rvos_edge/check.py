@@ -13,10 +13,11 @@ device-side history is exercised). The reference is ONNX Runtime FP32 on the CPU
 Over all clips' mask_logits a row reports the max abs error and the mask IoU of
 ``logits > 0`` (1.0 when both masks are empty), judged by the precision's
 tolerance (rvos_edge.artifacts.precision): FP32 max abs error <= 1e-3; FP16 mask IoU >= 0.98; INT8
-mask IoU >= 0.95. Rows: ort at every precision the folder has graphs for (but the
-reference), trt at every precision it has engines for. A row is "ok", "off"
-(outside its tolerance), "error" (the engines cannot be opened or run: e.g. built
-by another TensorRT, for another GPU) or "skipped" (TensorRT is not installed).
+mask IoU >= 0.95; BF16 mask IoU >= 0.97. Rows: ort at every precision the folder has graphs
+for (but the reference), trt at every precision it has engines for, openvino at fp32, the
+folder's variants and bf16. A row is "ok", "off" (outside its tolerance), "error" (the
+engines cannot be opened or run: e.g. built by another TensorRT, for another GPU) or
+"skipped" (TensorRT or OpenVINO is not installed, the CPU has no BF16).
 Importing this module does not import torch.
 """
 from __future__ import annotations
@@ -87,14 +88,33 @@ def run_clips(engines: Engines, tokens: np.ndarray, clips: list[np.ndarray]) -> 
 
 def _candidates(manifest: Any, backends: Sequence[str] | None,
                 precisions: Sequence[str] | None) -> list[tuple[str, str]]:
-    """(backend, precision) pairs to compare: the folder's other ORT precisions and its TensorRT engines."""
+    """(backend, precision) pairs to compare: the folder's other ORT precisions, its TensorRT engines and its
+    graphs in OpenVINO (bf16 included)."""
     for name, chosen, known in (("backend", backends, backend_names("folder")), ("precision", precisions, precision_names())):
         unknown = [c for c in chosen or () if c not in known]
         if unknown:
             raise UserError(f"unknown {name} {unknown[0]!r} (choose from {', '.join(known)})")
     found = [("ort", p) for p in manifest.precisions if p != "fp32"]
     found += [("trt", p) for p in engine_entries(manifest)]
+    found += [("openvino", p) for p in (*manifest.precisions, "bf16")]
     return [(b, p) for b, p in found if (not backends or b in backends) and (not precisions or p in precisions)]
+
+
+def _blocker(backend: str, precision: str) -> str | None:
+    """Why this machine cannot run `backend` at `precision` (its runtime is not installed, the CPU has no
+    BF16), None when nothing stands in the way."""
+    try:
+        if backend == "trt":
+            from rvos_edge.engines.trt import runner as trt_backend
+            trt_backend.import_tensorrt()
+        elif backend == "openvino":
+            from rvos_edge.engines.openvino import runner as openvino_backend
+            core = openvino_backend.import_openvino().Core()
+            if precision == "bf16":
+                openvino_backend.check_bf16(core)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def check_folder(folder: str | os.PathLike[str], backends: Sequence[str] | None = None,
@@ -118,14 +138,10 @@ def check_folder(folder: str | os.PathLike[str], backends: Sequence[str] | None 
     expected = run_clips(reference, tokens, frames)
     rows = []
     for backend, precision in candidates:
-        if backend == "trt":
-            from rvos_edge.engines.trt import runner as trt_backend
-
-            try:
-                trt_backend.import_tensorrt()
-            except UserError as e:
-                rows.append(CheckRow(backend, precision, "skipped", note=str(e)))
-                continue
+        blocker = _blocker(backend, precision)
+        if blocker is not None:
+            rows.append(CheckRow(backend, precision, "skipped", note=blocker))
+            continue
         try:
             got = run_clips(open_engines(folder, backend, precision, device=device if backend == "trt" else None,
                                          threads=threads), tokens, frames)

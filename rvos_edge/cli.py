@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Callable, Iterator, Sequence
 
-from rvos_edge.artifacts.precision import get_precision, precision_names
+from rvos_edge.artifacts.precision import check_backend, get_precision, precision_names
 from rvos_edge.engines import DEVICES, backend_names, default_device
 from rvos_edge.errors import UserError
 from rvos_edge.extras import require
@@ -425,7 +425,12 @@ def _add_build(p: argparse.ArgumentParser) -> None:
 def _build_variant(args: argparse.Namespace) -> None:
     """Make the graphs of --precision in the folder, by the precision's transform (rvos_edge.artifacts.precision)."""
     transform = get_precision(args.precision).transform
-    if transform == "int8":
+    if transform == "hint":
+        from rvos_edge.calib.artifacts import open_folder
+        open_folder(args.path)
+        print(f"nothing to build: {args.backend} runs {args.precision} as the FP32 graphs of {args.path} with a "
+              f"{args.precision} execution hint")
+    elif transform == "int8":
         if not args.calib:
             raise UserError("--precision int8 needs calibration data: --calib DATA (or use `rvos-edge calib`)")
         from rvos_edge.calib.int8 import calibrate
@@ -441,13 +446,15 @@ def _build_variant(args: argparse.Namespace) -> None:
     else:
         from rvos_edge.calib.artifacts import open_folder
         open_folder(args.path)
-        print(f"nothing to build: the graphs of {args.path} are {args.precision.upper()} already (ONNX Runtime runs "
+        print(f"nothing to build: the graphs of {args.path} are {args.precision.upper()} already ({args.backend} runs "
               "them as they are)")
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    """ort: the precision's graphs; trt: engines from them (INT8: from the Q/DQ graphs or the calibration
-    caches that --calib makes first, or that the folder already holds)."""
+    """ort, openvino: the precision's graphs; trt: engines from them (INT8: from the Q/DQ graphs or the calibration
+    caches that --calib makes first, or that the folder already holds). A precision the backend does not
+    run (bf16 but on openvino) is refused first."""
+    check_backend(get_precision(args.precision), args.backend)
     if args.backend != "trt":
         _build_variant(args)
         return 0
@@ -522,7 +529,8 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", type=int, default=2, metavar="N", help="consecutive clips compared (default 2)")
     p.add_argument("--seed", type=int, default=0, help="synthetic video the inputs come from (default 0)")
     p.add_argument("--device", default="cuda", help="GPU of the TensorRT engines (cuda or cuda:N)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of ONNX Runtime (default: all cores)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads of ONNX Runtime and OpenVINO (default: all cores)")
     p.add_argument("--json", metavar="FILE", help="write the rows and tolerances to FILE")
 
 

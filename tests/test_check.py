@@ -38,7 +38,7 @@ def expected_logits(offset: float, clips: int = 2) -> np.ndarray:
 
 def test_rows_against_independent_references(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     art = make_fake_artifacts(tmp_path / "art", variants={"fp16": 2e-3, "int8": 5.0})
-    rc, out, err = run(capsys, art, "--json", tmp_path / "check.json")
+    rc, out, err = run(capsys, art, "--backend", "ort", "--json", tmp_path / "check.json")
     assert rc == 1 and err == ""
     rows = {r["precision"]: r for r in json.loads((tmp_path / "check.json").read_text())["rows"]}
     ref = expected_logits(0.0)
@@ -57,14 +57,14 @@ def test_rows_against_independent_references(tmp_path: Path, capsys: pytest.Capt
 
 def test_all_within_tolerance_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     art = make_fake_artifacts(tmp_path / "art", variants={"fp16": 0.0, "int8": 0.0})
-    rc, out, _ = run(capsys, art, "--precision", "int8", "--clips", "3")
+    rc, out, _ = run(capsys, art, "--backend", "ort", "--precision", "int8", "--clips", "3")
     assert rc == 0 and len(out.splitlines()) == 3
     assert out.splitlines()[-1] == f"check {art}: 1 of 1 within tolerance of ONNX Runtime FP32"
 
 
 def test_nothing_to_check_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     art = make_fake_artifacts(tmp_path / "art")
-    rc, out, err = run(capsys, art)
+    rc, out, err = run(capsys, art, "--backend", "ort")           # openvino would run the FP32 graphs
     assert rc == 2 and out == "" and err.count("\n") == 1 and "nothing to check" in err
     rc, _, err = run(capsys, art, "--clips", "0")
     assert rc == 2 and "--clips must be >= 1" in err
@@ -74,7 +74,7 @@ def test_nothing_to_check_is_a_one_line_error(tmp_path: Path, capsys: pytest.Cap
 def test_trt_rows_are_skipped_without_tensorrt(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     art = make_fake_artifacts(tmp_path / "art", variants={"fp16": 0.0})
     add_engines(art, entry("fp16", art))
-    rc, out, _ = run(capsys, art)
+    rc, out, _ = run(capsys, art, "--backend", "ort", "--backend", "trt")
     assert rc == 0
     assert "trt      fp16" in out and "skipped: TensorRT is not installed: pip install 'rvos-edge[trt]'" in out
     assert "skipped 1 (TensorRT is not installed" in out.splitlines()[-1]
@@ -102,6 +102,7 @@ def test_tolerances() -> None:
     assert PRECISIONS["fp32"].tolerance.failures(2e-3, 1.0) == ["max abs error 2.00e-03 > 1e-03"]
     assert PRECISIONS["fp32"].tolerance.failures(1e-3, 0.5) == []                  # FP32 is judged on the error only
     assert PRECISIONS["fp16"].tolerance.failures(9.0, 0.98) == [] and PRECISIONS["int8"].tolerance.failures(0.0, 0.949) != []
+    assert PRECISIONS["bf16"].tolerance.failures(9.0, 0.97) == [] and PRECISIONS["bf16"].tolerance.failures(0.0, 0.969) != []
     assert str(Tolerance(max_abs=1e-3, min_iou=0.9)) == "max abs <= 1e-03, IoU >= 0.9"
     assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
     assert mask_iou(np.array([1, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool)) == pytest.approx(1 / 3)

@@ -111,7 +111,9 @@ IMPOSSIBLE = {
     "10.3 int8 with neither Q/DQ nor cache": (
         "10.3.0", "int8", "fp16", ["no INT8 graphs or calibration caches", "`rvos-edge calib art --data DATA`"]),
     "TensorRT 8.6": ("8.6.1", "fp32", "base", ["TensorRT 8.6.1 is too old", "pip install 'rvos-edge[trt]'"]),
-    "unknown precision": ("10.3.0", "bf16", "base", ["unknown precision 'bf16'"]),
+    "unknown precision": ("10.3.0", "int4", "base", ["unknown precision 'int4'"]),
+    "bf16 is OpenVINO's": ("11.0.0", "bf16", "base", ["bf16 is an execution precision of the openvino backend",
+                                                      "the trt backend cannot run it; use --backend openvino"]),
 }
 
 

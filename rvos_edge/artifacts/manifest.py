@@ -57,6 +57,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from rvos_edge.artifacts.precision import graph_precision
 from rvos_edge.config import ModelConfig
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, sha256_file
@@ -185,8 +186,9 @@ class Manifest:
         return [self.precision, *(p for p in self.variants if p != self.precision)]
 
     def graph_files(self, precision: str | None = None) -> dict[str, str]:
-        """{"text_encoder": file, "clip_model": file} for `precision` (default: the base precision)."""
-        precision = precision or self.precision
+        """{"text_encoder": file, "clip_model": file} for `precision` (default: the base precision); an
+        execution hint on the FP32 graphs (bf16: rvos_edge.artifacts.precision.graph_precision) gets those."""
+        precision = graph_precision(precision or self.precision)
         if precision == self.precision:
             return {name: self.graphs[name].file for name in GRAPH_NAMES}
         if precision not in self.variants:

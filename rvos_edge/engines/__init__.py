@@ -8,11 +8,12 @@
 | ort     | an artifact folder (manifest checked)  | cpu, cuda (CUDA execution provider) | the base install |
 | torch   | a ``.safetensors`` checkpoint          | cpu, cuda                         | [torch]          |
 | trt     | an artifact folder's TensorRT engines  | cuda (cuda:N)                     | [trt]            |
+| openvino | an artifact folder (manifest checked) | cpu (OpenVINO's CPU plugin)       | [openvino]       |
 
 `BACKENDS` is the registry: every --backend choice, what each opens and where it runs.
 `engine_options` is the only place a device and a thread count become a backend's own
 options. Each loader is imported only when used: opening "ort" never imports torch,
-opening "trt" imports tensorrt. A new backend is a folder under engines/ with a loader
+opening "trt" imports tensorrt, "openvino" openvino. A new backend is a folder under engines/ with a loader
 ``open_<name>(path, precision, **options) -> Engines`` and one line in BACKENDS.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rvos_edge.artifacts.precision import check_backend, get_precision
 from rvos_edge.engines.base import Engines, Runner
 from rvos_edge.errors import UserError
 
@@ -41,6 +43,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("ort", "rvos_edge.engines.ort.runner:open_ort", "folder", ("cpu", "cuda")),
     Backend("torch", "rvos_edge.engines.torch.runner:open_torch", "checkpoint", ("cpu", "cuda")),
     Backend("trt", "rvos_edge.engines.trt.runner:open_trt", "folder", ("cuda",)),
+    Backend("openvino", "rvos_edge.engines.openvino.runner:open_openvino", "folder", ("cpu",)),
 )}
 
 DEVICES = tuple(dict.fromkeys(d for b in BACKENDS.values() for d in b.devices))   # every --device choice
@@ -80,7 +83,7 @@ def engine_options(backend: str, device: str | None = None, threads: int | None 
     if backend == "ort":
         kind, _, index = device.partition(":")
         return {"providers": (kind,), "device_id": int(index or 0), "threads": threads}
-    if backend == "torch":
+    if backend in ("torch", "openvino"):
         return {"device": device, "threads": threads}
     return {"device": device}
 
@@ -89,11 +92,14 @@ def open_engines(path: str | Path, backend: str | None = None, precision: str = 
                  threads: int | None = None, **options: Any) -> Engines:
     """Open `path` with `backend` (None: `default_backend`) at `precision` on `device`.
 
-    `options` are the backend's own extras on top of `engine_options` (trt: cuda_graph=True).
+    `options` are the backend's own extras on top of `engine_options` (trt: cuda_graph=True;
+    openvino: hint="throughput"). A precision the backend does not run (bf16 but on openvino)
+    is a UserError.
     """
     path = Path(path)
     backend = backend or default_backend(path)
     entry = get_backend(backend)
+    check_backend(get_precision(precision), backend)
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if entry.opens == "folder" and not path.is_dir():

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest, expected_graphs
-from rvos_edge.artifacts.precision import get_precision
+from rvos_edge.artifacts.precision import check_backend, get_precision
 from rvos_edge.artifacts.tensorrt import plugin_graph_file
 from rvos_edge.config import ModelConfig
 from rvos_edge.errors import UserError
@@ -176,7 +176,7 @@ def plan_build(version: TrtVersion, precision: str, artifacts: ArtifactSet,
     """
     if (version.major, version.minor) < MIN_VERSION:
         raise UserError(f"TensorRT {version} is too old: rvos-edge builds with TensorRT 10.x or 11.x ({INSTALL_HINT})")
-    get_precision(precision)                                 # an unknown one is a UserError
+    check_backend(get_precision(precision), "trt")           # an unknown one, or bf16 (OpenVINO's), is a UserError
     folder = artifacts.folder
     plugin, notices = _plugin_choice(version, precision, artifacts, plugin_blocker)
     network_flags = ("PREFER_AOT_PYTHON_PLUGINS",) if plugin == "aot" else ()
