@@ -562,6 +562,37 @@ def _run_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_triton(p: argparse.ArgumentParser) -> None:
+    from rvos_edge.serving.triton_repo import BACKENDS, DEFAULT_MAX_BATCH, DEVICES, RepoOptions
+    d = RepoOptions()
+    p.add_argument("path", metavar="DIR", help="artifact folder from `rvos-edge export` (its ONNX or TensorRT engines)")
+    p.add_argument("--out", required=True, metavar="REPO", help="model repository to write (replaced as one unit)")
+    p.add_argument("--backend", default=d.backend, choices=BACKENDS, help=f"Triton backend (default {d.backend})")
+    p.add_argument("--precision", choices=precision_names(),
+                   help="graphs or engines of this precision (default: the folder's base precision)")
+    p.add_argument("--max-batch", type=int, metavar="N", help="max_batch_size of both models (default "
+                   f"{DEFAULT_MAX_BATCH}; tensorrt: the largest batch the engines were built for)")
+    p.add_argument("--instances", type=int, default=d.instances, metavar="N",
+                   help=f"model instances per device (default {d.instances})")
+    p.add_argument("--device", default=d.device, choices=DEVICES,
+                   help=f"onnxruntime: where the instances run (default {d.device}: a GPU when the server has one)")
+    p.add_argument("--max-streams", type=int, default=d.max_streams, metavar="N",
+                   help=f"streams the clip model batches from at once; later ones wait (default {d.max_streams})")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="S",
+                   help=f"seconds after which a silent stream is released (default {d.idle_timeout_s:g})")
+    p.add_argument("--queue-delay", type=float, default=d.queue_delay_ms, metavar="MS",
+                   help=f"milliseconds a request waits for others to batch with (default {d.queue_delay_ms:g})")
+
+
+def _run_triton(args: argparse.Namespace) -> int:
+    from rvos_edge.serving.triton_repo import RepoOptions, write_repository
+    options = RepoOptions(backend=args.backend, precision=args.precision, max_batch=args.max_batch,
+                          instances=args.instances, device=args.device, max_streams=args.max_streams,
+                          idle_timeout_s=args.idle_timeout, queue_delay_ms=args.queue_delay)
+    print(write_repository(args.path, args.out, options).summary())
+    return 0
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint to demonstrate (default: the shipped demo one)")
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
@@ -595,6 +626,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "calib": (_add_calib, _run_calib, "INT8 calibration: Q/DQ graphs, TensorRT caches, accuracy report"),
     "check": (_add_check, _run_check,
               "every backend and precision of a folder against ONNX Runtime FP32 (exit 1 when off)"),
+    "triton": (_add_triton, _run_triton,
+               "a model repository for NVIDIA Triton Inference Server (the official container)"),
     "demo": (_add_demo, _run_demo, "export the shipped demo checkpoint and segment held-out synthetic videos on the CPU"),
 }
 

@@ -19,6 +19,7 @@ from rvos_edge.errors import UserError
 EXTRAS: dict[str, tuple[str, ...]] = {
     # export (torch.onnx's dynamo exporter writes through onnxscript), checkpoints (safetensors), the model
     "torch": ("torch", "onnxscript", "safetensors"),
+    "serve": ("tritonclient",),           # rvos-edge triton (rvos_edge.serving): tritonclient[grpc]
     "openvino": ("openvino",),            # --backend openvino (rvos_edge.engines.openvino)
 }
 """Each extra -> the top-level modules its packages install (as in pyproject.toml's optional-dependencies)."""

@@ -198,6 +198,7 @@ def test_rerun_replaces_the_repository(art: Path, tmp_path: Path, capsys: pytest
     (["--queue-delay", "-1"], "--queue-delay must be >= 0, got -1"),
     (["--backend", "tensorrt", "--device", "cpu"], "TensorRT engines run on the GPU only"),
     (["--precision", "int8"], "no int8 graphs in this artifact folder"),
+    (["--precision", "bf16"], "bf16 is an execution precision of the openvino backend"),
 ])
 def test_bad_flags_are_one_line(flags: list[str], message: str, art: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture) -> None:

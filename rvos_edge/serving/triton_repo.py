@@ -50,6 +50,7 @@ from rvos_edge.artifacts.manifest import (
     TensorSpec,
     load_manifest,
 )
+from rvos_edge.artifacts.precision import check_backend, get_precision
 from rvos_edge.artifacts.tensorrt import (
     EngineEntry,
     GpuInfo,
@@ -271,6 +272,7 @@ def write_repository(folder: str | Path, out: str | Path, options: RepoOptions =
     folder, out = Path(folder), Path(out)
     manifest = load_manifest(folder)
     precision = options.precision or manifest.precision
+    check_backend(get_precision(precision), "trt" if options.backend == "tensorrt" else "ort")   # no bf16 here
     engines: EngineEntry | None = None
     if options.backend == "tensorrt":
         engines = _engines(folder, manifest, options, precision)
