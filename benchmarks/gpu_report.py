@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from gpu_stages import CPU_FLAGS, DRY, GPU
+from gpu_stages import DRY, GPU
+
+from rvos_edge.bench import CPU_FLAGS
 
 FPS_GOALS = (400, 1500)                          # the first preset, fp16, at sizes.batches (1 and 8 on the GPU)
 KERNEL_GOALS = {"flex": 1.5, "dense SDPA": 5.0}  # Triton CF-MSA speed-up at the long clip (Tc=36 on the GPU)

@@ -26,10 +26,6 @@ TEST_FILES = ("tests/test_kernels_triton.py", "tests/test_model_cuda.py", "tests
               "tests/test_tensorrt_gpu.py")
 DEADLINE_ENV = "GPU_CHECK_DEADLINE"
 """Set by gpu_check.py for each stage's process: the time.time() at which it will be killed."""
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
-             "amx_int8")
-
-
 @dataclass(frozen=True)
 class Sizes:
     """What the stages run: the GPU's shapes, or the dry run's tiny ones on the CPU."""
@@ -116,23 +112,12 @@ def _nvidia_smi(field: str) -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def _cpu_flags() -> list[str]:
-    """The flags of CPU_FLAGS that /proc/cpuinfo lists (what decides CPU kernels' speed)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    have = set(line.partition(":")[2].split())
-    return [f for f in CPU_FLAGS if f in have]
-
-
 def stage_environment(sizes: Sizes, save: Callable[[dict], None]) -> dict:
     import importlib.metadata
 
     import torch
 
-    from rvos_edge.bench import environment
+    from rvos_edge.bench import cpu_flags, environment
 
     env = environment()
     gpu = None
@@ -151,7 +136,7 @@ def stage_environment(sizes: Sizes, save: Callable[[dict], None]) -> dict:
     return {"gpu": gpu, "cuda": torch.version.cuda, "torch": torch.__version__, "triton": version("triton"),
             "onnxruntime": version("onnxruntime"), "numpy": version("numpy"), "python": env["python"],
             "cpu_model": env["cpu_model"], "cpu_count": env["logical_cores"], "usable_cores": env["usable_cores"],
-            "cpu_flags": _cpu_flags(), "memory_gb": env["memory_gb"], "platform": env["platform"]}
+            "cpu_flags": cpu_flags(), "memory_gb": env["memory_gb"], "platform": env["platform"]}
 
 
 def parse_junit(path: Path) -> list[dict]:
@@ -186,9 +171,8 @@ def stage_cuda_tests(sizes: Sizes, save: Callable[[dict], None]) -> dict:
 
 
 def stage_kernels(sizes: Sizes, save: Callable[[dict], None]) -> dict:
-    import torch
-
     import kernels
+    import torch
 
     device = _device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -272,9 +256,9 @@ def _graphed(forward: Callable[[], Any]) -> Callable[[], None]:
 
 def _timed_row(row: dict, run: Callable[[], Any], device, frames_per_call: int, sizes: Sizes) -> dict:
     """Fill `row` with FPS, latency stats (ms per clip) and peak GPU memory of `run`."""
+    import kernels
     import torch
 
-    import kernels
     from rvos_edge.bench import latency_stats
 
     if device.type == "cuda":

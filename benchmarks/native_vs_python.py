@@ -29,18 +29,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rvos_edge.bench import environment, machine_name
-from rvos_edge.fileio import atomic_write_bytes
+from rvos_edge.bench import cpu_flags, environment, machine_name, save_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = REPO / "rvos_edge" / "assets" / "demo.safetensors.gz"
 VIDEO_SIZE = (854, 480)
 VIDEO_FRAMES = 300
 EXPRESSION = "the red circle moving right"
-FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-         "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-
-
 def write_video(path: Path, frames: int) -> None:
     """Moving shapes on a gradient, mp4v (what `rvos-edge run` writes and a camera pipeline might store)."""
     width, height = VIDEO_SIZE
@@ -90,14 +85,6 @@ def build_seconds() -> float:
                         f"-DRVOS_EDGE_ORT_CMAKE={deps}"], check=True, capture_output=True)
         subprocess.run(["cmake", "--build", tmp, "-j2"], check=True, capture_output=True)
         return time.perf_counter() - t0
-
-
-def cpu_flags() -> list[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [f for f in FLAGS if f in have]
-    return []
 
 
 def markdown(result: dict) -> str:
@@ -153,7 +140,7 @@ def main() -> None:
         models[model] = {**median, "ratio_end_to_end": median["native"]["end_to_end"] / median["python"]["end_to_end"],
                          "runs": by_impl}
     lib_dir = args.native.parent
-    vocab = REPO / "rvos_edge" / "model" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+    vocab = REPO / "rvos_edge" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
     env = environment()
     result = {"machine": machine_name(env), "environment": env, "cpu_flags": cpu_flags(), "frames": args.frames,
               "video_size": list(VIDEO_SIZE), "rounds": args.rounds, "expression": EXPRESSION, "models": models,
@@ -161,10 +148,7 @@ def main() -> None:
                                 "static": (lib_dir / "librvos_edge.a").stat().st_size,
                                 "vocabulary": vocab.stat().st_size},
               "build_seconds": build_seconds()}
-    out = REPO / "benchmarks" / "results" / result["machine"]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "native_vs_python.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(out / "native_vs_python.md", markdown(result).encode())
+    save_results(REPO / "benchmarks" / "results" / result["machine"], "native_vs_python", result, markdown(result))
     print(markdown(result))
 
 

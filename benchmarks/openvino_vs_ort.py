@@ -25,7 +25,6 @@ rvos_edge.bench.machine_name), with the CPU flags of /proc/cpuinfo.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -34,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from native_vs_python import DEMO_CHECKPOINT, cpu_flags
+from native_vs_python import DEMO_CHECKPOINT
 
-from rvos_edge.bench import EXPRESSION, environment, latency_stats, machine_name
+from rvos_edge.bench import EXPRESSION, cpu_flags, environment, latency_stats, machine_name, save_results
 from rvos_edge.check import check_inputs, mask_iou, run_clips
 from rvos_edge.engines import Engines, open_engines
 from rvos_edge.engines.base import clip_feeds, empty_history
 from rvos_edge.engines.openvino.runner import CACHE_FOLDER, cpu_capabilities, import_openvino
-from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.tokenizer import tokenize_for_prompts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,10 +198,7 @@ def main() -> None:
     result = {"machine": machine_name(env), "environment": env, "cpu_flags": cpu_flags(),
               "openvino_capabilities": list(cpu_capabilities(import_openvino().Core())), "threads": args.threads,
               "models": models}
-    out = REPO / "benchmarks" / "results" / result["machine"]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "openvino_vs_ort.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(out / "openvino_vs_ort.md", markdown(result).encode())
+    save_results(REPO / "benchmarks" / "results" / result["machine"], "openvino_vs_ort", result, markdown(result))
     print(markdown(result))
 
 

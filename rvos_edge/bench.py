@@ -61,7 +61,7 @@ from tqdm import tqdm
 from rvos_edge.engines import Engines, default_backend, open_engines
 from rvos_edge.engines.base import clip_feeds, empty_history
 from rvos_edge.errors import UserError
-from rvos_edge.fileio import atomic_write_bytes
+from rvos_edge.fileio import atomic_write_bytes, make_folder
 from rvos_edge.flops import count_flops
 from rvos_edge.runtime.pipeline import StageTimes
 from rvos_edge.runtime.segmenter import Segmenter
@@ -110,6 +110,28 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The flags of CPU_FLAGS that /proc/cpuinfo lists (they decide CPU kernels' speed; every result names them)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.partition(":")[2].split())
+    return [f for f in CPU_FLAGS if f in have]
+
+
+def save_results(folder: str | Path, stem: str, result: dict[str, Any], markdown: str) -> None:
+    """folder/stem.json (indented) and folder/stem.md, each written atomically, the folder made if needed."""
+    folder = make_folder(folder)
+    write_json(folder / f"{stem}.json", result)
+    atomic_write_bytes(folder / f"{stem}.md", markdown.encode())
 
 
 def _gpu_name() -> str | None:
