@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,11 @@ import pytest
 from fake_artifacts import edit_manifest, make_fake_artifacts
 
 from rvos_edge.cli import main
+from rvos_edge.errors import UserError
+from rvos_edge.fileio import atomic_write_bytes
 from rvos_edge.runtime import Segmenter
+from rvos_edge.runtime import run as run_module
+from rvos_edge.runtime.pipeline import PreparedFrame
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -246,3 +251,71 @@ def test_subprocess_no_traceback_no_native_noise_no_torch(art: Path, tmp_path: P
                             "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
         assert p.returncode == rc_expected, p.stderr
         assert "Traceback" not in p.stderr and p.stderr.count("\n") == (1 if rc_expected else 0), p.stderr
+
+
+def rvos_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("rvos-edge-")]
+
+
+def test_prepare_on_the_decode_thread_and_writing_on_the_writer_thread(
+        art: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: dict[str, set[str]] = {"prepare": set(), "write": set()}
+    original = run_module.prepare
+
+    def prepare(frame: np.ndarray, size: int) -> PreparedFrame:
+        threads["prepare"].add(threading.current_thread().name)
+        return original(frame, size)
+
+    def write(path: Path, data: bytes) -> None:
+        if path.suffix == ".png":
+            threads["write"].add(threading.current_thread().name)
+        atomic_write_bytes(path, data)
+
+    monkeypatch.setattr(run_module, "prepare", prepare)
+    monkeypatch.setattr(run_module, "atomic_write_bytes", write)
+    video = write_video(tmp_path / "clip.avi", 7)
+    rc, _, _ = run_cli(capsys, art, "--video", video, "--expr", "box", "--expr", "other", "--out", tmp_path / "out")
+    assert rc == 0 and len(list((tmp_path / "out" / "masks").rglob("*.png"))) == 14
+    assert threads == {"prepare": {"rvos-edge-prefetch"}, "write": {"rvos-edge-writer"}}
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["ms_total"]["resize"] > 0 and s["ms_total"]["write"] > 0
+    assert rvos_threads() == []
+
+
+def test_writer_error_is_one_line_and_leaves_no_thread(art: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def failing(path: Path, data: bytes) -> None:
+        calls.append(path)
+        if len(calls) == 4:
+            raise UserError(f"cannot write {path.name}: no space left on device")
+        atomic_write_bytes(path, data)
+
+    monkeypatch.setattr(run_module, "atomic_write_bytes", failing)
+    out = tmp_path / "out"
+    rc, stdout, stderr = run_cli(capsys, art, "--video", write_video(tmp_path / "clip.avi", 30), "--expr", "box",
+                                 "--out", out)
+    assert rc == 2 and stdout == "" and stderr.count("\n") == 1
+    assert stderr.startswith("rvos-edge run: error: cannot write 00003.png: no space left on device")
+    assert not out.exists() and not list(tmp_path.glob(".*"))             # nothing half-written is left
+    assert len(calls) == 4 and rvos_threads() == []                         # the writer stopped at the error
+
+
+def test_interrupt_abandons_the_queued_writes_and_leaves_no_thread(
+        art: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    push = Segmenter.push
+    pushed = []
+
+    def interrupted(self: Segmenter, frame: PreparedFrame) -> list:
+        pushed.append(frame)
+        if len(pushed) == 10:
+            raise KeyboardInterrupt                                         # as a second Ctrl-C does
+        return push(self, frame)
+
+    monkeypatch.setattr(Segmenter, "push", interrupted)
+    out = tmp_path / "out"
+    rc, _, stderr = run_cli(capsys, art, "--video", write_video(tmp_path / "clip.avi", 30), "--expr", "box",
+                            "--out", out)
+    assert rc == 130 and stderr.endswith("rvos-edge run: interrupted\n")
+    assert not out.exists() and rvos_threads() == []

@@ -14,7 +14,7 @@ from fake_artifacts import TINY, make_fake_artifacts, ref_clip, ref_text
 
 from rvos_edge.errors import UserError
 from rvos_edge.runtime import Engines, ExpressionTruncatedWarning, Runner, Segmenter, open_engines
-from rvos_edge.runtime.pipeline import LRUCache, mask_and_score, prepare_frame, upsample_logits
+from rvos_edge.runtime.pipeline import LRUCache, PreparedFrame, prepare_frame, upsample_logits, upsampled_mask
 from rvos_edge.tokenizer import tokenize_for_prompts
 
 
@@ -184,12 +184,12 @@ def test_upsampling_matches_torch_interpolate(h: int, w: int) -> None:
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
-def test_mask_and_score() -> None:
+def test_mask_and_score_at_the_logits_size() -> None:
     logits = np.array([[-1.0, 0.0], [2.0, 0.5]], np.float32)
-    mask, score = mask_and_score(logits)
+    mask, score = upsampled_mask(logits, 2, 2)
     assert mask.tolist() == [[False, False], [True, True]]
     assert score == pytest.approx((1 / (1 + np.exp(-2)) + 1 / (1 + np.exp(-0.5))) / 2)
-    assert mask_and_score(np.full((3, 3), -1.0, np.float32))[1] == 0.0
+    assert upsampled_mask(np.full((3, 3), -1.0, np.float32), 3, 3)[1] == 0.0
 
 
 def test_prepare_frame_interpolation_rule() -> None:
@@ -270,3 +270,22 @@ def test_package_level_import() -> None:
     from rvos_edge import Segmenter as S
 
     assert S is Segmenter
+
+
+def test_prepared_frames_give_the_same_results(art: Path) -> None:
+    sizes = [(64, 64), (48, 80), (480, 640), (7, 9), (120, 90)]
+    frames = [frame_with_box(h, w, t) for t, (h, w) in enumerate(sizes)]
+    direct, prepared = Segmenter(open_engines(art)), Segmenter(open_engines(art))
+    for seg in (direct, prepared):
+        seg.set_expression("the bright box")
+    a = [r for f in frames for r in direct.push(f)] + direct.flush()
+    ready = [prepared.prepare(f) for f in frames]
+    assert all(isinstance(p, PreparedFrame) and p.size == f.shape[:2] for p, f in zip(ready, frames))
+    b = [r for p in ready for r in prepared.push(p)] + prepared.flush()
+    assert [(r.index, r.score) for r in a] == [(r.index, r.score) for r in b]
+    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a, b))
+    assert direct.timings.resize_s > 0 and prepared.timings.resize_s == 0 and prepared.timings.frames == 5
+    with pytest.raises(UserError, match="prepared frame must be 64 x 64 x 3 uint8"):
+        prepared.push(PreparedFrame(np.zeros((32, 32, 3), np.uint8), (100, 100)))
+    with pytest.raises(UserError, match="H x W x 3 uint8"):
+        prepared.prepare(np.zeros((8, 8), np.uint8))

@@ -22,10 +22,17 @@ refused, and after a crash OUT holds the previous complete result (or nothing). 
 expressions share one decode of the source; each has its own Segmenter (history,
 text features) over the same loaded engines.
 
+Three threads: a background thread decodes the source and prepares each frame for
+the engines (resized to S x S RGB, once for all expressions); the main thread runs
+the engines and upsamples the masks; a writer thread encodes the mask PNGs and the
+overlay. Queues between them are bounded (8 frames ahead, WRITE_QUEUE items behind).
+
 summary.json: "frames" processed; "fps": {"end_to_end": frames / wall seconds of
 the frame loop (decode, pipeline, writing), "engine": frames / seconds in the
-clip model summed over expressions}; "ms_total" and "ms_per_frame" for decode,
-resize, text, engine, upsample and write; "backend", "precision", "clip_len",
+clip model summed over expressions}; "ms_total" and "ms_per_frame" for decode (the
+main thread's wait for the next prepared frame), resize (the decode thread's time
+preparing frames), text, engine, upsample and write (the writer thread's time; resize
+and write overlap the engine); "backend", "precision", "clip_len",
 "source", "artifacts", "expressions" (text, masks folder, truncated, frames
 with a non-empty mask). If the source stopped early: "stopped_at" (the first
 frame not decoded) and "error"; after Ctrl-C or SIGTERM: "stopped_at" and
@@ -38,6 +45,7 @@ leaves OUT as it was.
 from __future__ import annotations
 
 import json
+import queue
 import re
 import signal
 import sys
@@ -56,7 +64,7 @@ from tqdm import tqdm
 from rvos_edge.engines import Engines, open_engines
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, make_folder, output_folder
-from rvos_edge.runtime.pipeline import StageTimes
+from rvos_edge.runtime.pipeline import PreparedFrame, StageTimes, prepare
 from rvos_edge.runtime.segmenter import ExpressionTruncatedWarning, Segmenter, SegmentResult
 from rvos_edge.runtime.video import DecodeError, FrameSource, open_source, prefetch
 
@@ -97,60 +105,126 @@ def overlay(frame: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+WRITE_QUEUE = 16      # items (frames, clips' results) queued for the writer thread before the loop waits
+_END = object()       # the last item of the writer's queue
+
+
 class _Outputs:
     """Writes masks as results arrive and overlay frames in order once every expression has its mask,
-    into folder `out` (the run's staging folder)."""
+    into folder `out` (the run's staging folder), on a writer thread.
+
+    The frame loop only queues work (`add_frame`, `add_results`; a queue of WRITE_QUEUE items,
+    so it waits when the writer falls behind and memory stays bounded), so the engine never waits
+    on PNG or video encoding. An exception in the writer stops it; the loop gets it, as it was
+    raised, from its next call or from `close`. `close` finishes the queued work, or abandons it
+    (`finish=False`, after an error in the loop), and always joins the thread.
+    """
 
     def __init__(self, out: Path, folders: list[str], fps: float) -> None:
         self.out, self.fps = out, fps
         self.dirs = [make_folder(out / f) for f in folders]
         self.frames, self.decode_s, self.write_s = 0, 0.0, 0.0
         self.nonempty = [0] * len(folders)
-        self._frames: dict[int, tuple[str, np.ndarray]] = {}
+        self._names: dict[int, str] = {}
+        self._frames: dict[int, np.ndarray] = {}
         self._masks: list[dict[int, np.ndarray]] = [{} for _ in folders]
         self._next = 0
-        self._writer: cv2.VideoWriter | None = None
+        self._video: cv2.VideoWriter | None = None
         self._size: tuple[int, int] = (0, 0)
+        self._queue: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
+        self._abandon = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="rvos-edge-writer", daemon=True)
+        self._thread.start()
 
     def add_frame(self, name: str, frame: np.ndarray) -> None:
         """Register the next frame of the source (its mask file's stem and the frame)."""
-        self._frames[self.frames] = (name, frame)
+        self._put(("frame", self.frames, name, frame))
         self.frames += 1
 
     def add_results(self, k: int, results: list[SegmentResult]) -> None:
-        t0 = time.perf_counter()
+        """Queue the masks of expression `k` for writing (and the overlay frames they complete)."""
+        if results:
+            self._put(("masks", k, results))
+
+    def close(self, finish: bool = True) -> None:
+        """Stop the thread and close the overlay file (complete for the frames written). finish: write
+        what is queued first, then raise the writer's exception if it had one the loop has not seen;
+        else (the loop is unwinding from its own exception) drop the queued work and raise nothing."""
+        if finish:
+            self._put(_END)
+        else:
+            self._abandon.set()
+        self._thread.join()
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+        if finish:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _put(self, item: object) -> None:
+        """Queue `item`, waiting while the queue is full; raises the writer's exception instead once it has one."""
+        while True:
+            self._raise()
+            if not self._thread.is_alive():
+                return              # stopped after an exception the loop has already had
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self) -> None:
+        """The writer thread: handle queued items until _END, an abandon or an exception."""
+        try:
+            while not self._abandon.is_set():
+                try:
+                    item = self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    return
+                t0 = time.perf_counter()
+                if item[0] == "frame":
+                    _, index, name, frame = item
+                    self._names[index], self._frames[index] = name, frame
+                else:
+                    self._write_masks(*item[1:])
+                    self._write_overlays()
+                self.write_s += time.perf_counter() - t0
+        except BaseException as e:  # handed to the frame loop, raised there
+            self._error = e
+
+    def _write_masks(self, k: int, results: list[SegmentResult]) -> None:
         for r in results:
             ok, png = cv2.imencode(".png", r.mask.astype(np.uint8) * 255)
             if not ok:
                 raise UserError(f"cannot encode the mask of frame {r.index} as PNG")
-            atomic_write_bytes(self.dirs[k] / f"{self._frames[r.index][0]}.png", png.tobytes())
+            atomic_write_bytes(self.dirs[k] / f"{self._names[r.index]}.png", png.tobytes())
             self._masks[k][r.index] = r.mask
             self.nonempty[k] += bool(r.mask.any())
-        self.write_s += time.perf_counter() - t0
 
-    def write_overlays(self) -> None:
+    def _write_overlays(self) -> None:
         """Overlay frames whose masks are all in, in frame order."""
-        t0 = time.perf_counter()
         while self._next in self._frames and all(self._next in m for m in self._masks):
-            _, frame = self._frames.pop(self._next)
+            frame = self._frames.pop(self._next)
             image = overlay(frame, [m.pop(self._next) for m in self._masks])
-            if self._writer is None:
+            if self._video is None:
                 self._size = (image.shape[1], image.shape[0])
-                self._writer = cv2.VideoWriter(str(self.out / OVERLAY_NAME), cv2.VideoWriter_fourcc(*"mp4v"),
+                self._video = cv2.VideoWriter(str(self.out / OVERLAY_NAME), cv2.VideoWriter_fourcc(*"mp4v"),
                                                self.fps, self._size)
-                if not self._writer.isOpened():
+                if not self._video.isOpened():
                     raise UserError(f"cannot write {OVERLAY_NAME}: OpenCV has no mp4v encoder here")
             if (image.shape[1], image.shape[0]) != self._size:
                 image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
-            self._writer.write(image)
+            self._video.write(image)
+            self._names.pop(self._next)
             self._next += 1
-        self.write_s += time.perf_counter() - t0
-
-    def close(self) -> None:
-        """Close the overlay file (complete for the frames written)."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
 
 
 class _StopRequest:
@@ -237,16 +311,28 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
     return 0
 
 
-def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop: _StopRequest,
-            ended: dict[str, Any]) -> Iterator[np.ndarray]:
-    """The source's frames in order, prefetched, each registered with `outputs`, until the source
+def _prepared(source: FrameSource, image_size: int,
+              times: StageTimes) -> Iterator[tuple[str, np.ndarray, PreparedFrame]]:
+    """(name, BGR frame, the frame prepared for the engines) for each frame of `source`; the
+    preparation's seconds are added to times.resize_s."""
+    for name, frame in source:
+        t0 = time.perf_counter()
+        prepared = prepare(frame, image_size)
+        times.resize_s += time.perf_counter() - t0
+        yield name, frame, prepared
+
+
+def _frames(source: FrameSource, image_size: int, outputs: _Outputs, max_frames: int | None, stop: _StopRequest,
+            ended: dict[str, Any], times: StageTimes) -> Iterator[PreparedFrame]:
+    """The source's frames in order, each registered with `outputs`, decoded and prepared (resized to
+    image_size, `prepare`, its time added to `times`) ahead on a background thread, until the source
     ends, `max_frames`, a stop request or a decode failure (then `ended` says where and why)."""
-    frames_iter = prefetch(source)                     # decoding overlaps inference
+    frames_iter = prefetch(_prepared(source, image_size, times))      # decode and resize overlap inference
     try:
         while (max_frames is None or outputs.frames < max_frames) and not stop.requested:
             t0 = time.perf_counter()
             try:
-                name, frame = next(frames_iter)
+                name, frame, prepared = next(frames_iter)
             except StopIteration:
                 return
             except (DecodeError, OSError, cv2.error) as e:
@@ -255,7 +341,7 @@ def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop
             finally:
                 outputs.decode_s += time.perf_counter() - t0
             outputs.add_frame(name, frame)
-            yield frame
+            yield prepared
         if stop.requested:
             ended.update(stopped_at=outputs.frames, interrupted=True)
     finally:
@@ -270,23 +356,24 @@ def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], ex
     known = [x for x in (source.length, max_frames) if x is not None]
     total = min(known) if known else None
     ended: dict[str, Any] = {}
+    preparation = StageTimes()
     t_start = time.perf_counter()
     with (_StopRequest() as stop, tqdm(total=total, unit="frame", desc="run", disable=None, file=sys.stderr) as bar,
-          closing(_frames(source, outputs, max_frames, stop, ended)) as frames):
+          closing(_frames(source, engines.config.image_size, outputs, max_frames, stop, ended, preparation)) as frames):
         try:
             for frame in frames:
                 for k, seg in enumerate(segmenters):
                     outputs.add_results(k, seg.push(frame))
-                outputs.write_overlays()
                 bar.update()
             for k, seg in enumerate(segmenters):
                 outputs.add_results(k, seg.flush())
-            outputs.write_overlays()
-        finally:
-            outputs.close()
+        except BaseException:
+            outputs.close(finish=False)
+            raise
+        outputs.close()
     wall = time.perf_counter() - t_start
     n = outputs.frames
-    times = sum((s.timings for s in segmenters), StageTimes())
+    times = sum((s.timings for s in segmenters), preparation)
     ms = {"decode": 1000.0 * outputs.decode_s, **times.ms(), "write": 1000.0 * outputs.write_s}
     summary: dict[str, Any] = {
         "source": source.description, "artifacts": engines.source, "backend": engines.backend,

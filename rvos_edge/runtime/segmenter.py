@@ -8,7 +8,9 @@
     for r in seg.flush(): ...
 
 Behaviour (DESIGN.md section 5):
-- Each frame is resized to S x S RGB when pushed (only that copy is kept).
+- Each frame is resized to S x S RGB when pushed (only that copy is kept); a frame
+  may also be pushed already prepared (`prepare`, a `PreparedFrame`), e.g. by a
+  decode thread, so that the resize does not run on the engine's thread.
   Frames are grouped into clips of `clip_len`; `push` returns the clip's results
   when it completes. `flush` runs a short last clip padded by repeating its last
   frame; the padded outputs are dropped.
@@ -19,7 +21,8 @@ Behaviour (DESIGN.md section 5):
   `flush` keeps it, so a stream may go on after a flush.
 - Mask logits are upsampled bilinearly to each frame's own size (frames of a
   stream may differ in size); mask = logit > 0; score = mean sigmoid probability
-  inside the mask (0.0 for an empty mask).
+  inside the mask (0.0 for an empty mask). Only the band of the frame where the
+  mask can be True is upsampled (`pipeline.upsampled_mask`).
 - `index` counts the frames pushed since `open` or the last `reset` (from 0);
   `set_expression` does not restart it (same stream, new expression).
 """
@@ -37,7 +40,7 @@ from rvos_edge.artifacts.manifest import in_runs
 from rvos_edge.engines import Engines, open_engines
 from rvos_edge.engines.base import TEXT_OUTPUTS, clip_feeds, empty_history
 from rvos_edge.errors import UserError
-from rvos_edge.runtime.pipeline import LRUCache, StageTimes, check_frame, mask_and_score, prepare_frame, upsample_logits
+from rvos_edge.runtime.pipeline import LRUCache, PreparedFrame, StageTimes, prepare, upsampled_mask
 
 QUOTE_LIMIT = 60           # characters of an expression a warning quotes
 UNKNOWN_LIMIT = 5          # words an unknown-words warning names
@@ -136,15 +139,30 @@ class Segmenter:
         self._clear_history()
         return results
 
-    def push(self, frame: np.ndarray) -> list[SegmentResult]:
-        """Add one H x W x 3 uint8 BGR frame; returns the clip's results when this frame completes it."""
+    def prepare(self, frame: np.ndarray) -> PreparedFrame:
+        """A BGR frame [H, W, 3] uint8 made ready for `push` (resized to S x S RGB, its size kept).
+
+        Uses only the model's image size, so any thread may call it, e.g. the one decoding
+        the video, while this Segmenter runs the engine.
+        """
+        return prepare(frame, self.config.image_size)
+
+    def push(self, frame: np.ndarray | PreparedFrame) -> list[SegmentResult]:
+        """Add one H x W x 3 uint8 BGR frame, or one made ready by `prepare`; returns the clip's
+        results when this frame completes it."""
         if self._text is None:
             raise UserError("no expression set: call set_expression(text) before push(frame)")
-        t0 = time.perf_counter()
-        check_frame(frame)
-        self._frames.append(prepare_frame(frame, self.config.image_size))
-        self._sizes.append(frame.shape[:2])
-        self.timings.resize_s += time.perf_counter() - t0
+        if isinstance(frame, PreparedFrame):
+            s = self.config.image_size
+            if frame.rgb.shape != (s, s, 3) or frame.rgb.dtype != np.uint8:
+                raise UserError(f"a prepared frame must be {s} x {s} x 3 uint8 for this model (prepare it with "
+                                f"Segmenter.prepare), got shape {frame.rgb.shape} dtype {frame.rgb.dtype}")
+        else:
+            t0 = time.perf_counter()
+            frame = self.prepare(frame)
+            self.timings.resize_s += time.perf_counter() - t0
+        self._frames.append(frame.rgb)
+        self._sizes.append(frame.size)
         self.timings.frames += 1
         return self._run_clip() if len(self._frames) == self.clip_len else []
 
@@ -210,7 +228,7 @@ class Segmenter:
         t0 = time.perf_counter()
         results = []
         for i, (h, w) in enumerate(self._sizes):
-            mask, score = mask_and_score(upsample_logits(np.asarray(logits[0, i], np.float32), h, w))
+            mask, score = upsampled_mask(np.asarray(logits[0, i], np.float32), h, w)
             results.append(SegmentResult(self._next_index + i, mask, score))
         self.timings.upsample_s += time.perf_counter() - t0
         self._next_index += n
