@@ -20,7 +20,11 @@ One measurement, as `rvos-edge bench` measures at batch 1 (ONNX Runtime, fp32, C
   prepares each frame on the prefetch thread, as `rvos-edge run` does, and pushes the
   `PreparedFrame`; one without (before) pushes the decoded frame, as `rvos-edge bench` did;
 - the stages: seconds per frame of the wait for the next frame, resize (on the prefetch
-  thread after, on the main thread before), engine and upsample (main thread).
+  thread after, on the main thread before), engine and upsample (main thread);
+- CPU: the process's CPU seconds (all threads: ORT's, decode, resize, ...) per frame, engine
+  only and end to end. On a shared machine wall-clock FPS follow other jobs' load; CPU time
+  per frame much less, and it bounds what 2 idle cores can do: end-to-end FPS <= 2 / its
+  CPU seconds per frame.
 ratio = end-to-end FPS / engine FPS of the same process. Reported: the median and p90
 (rvos_edge.bench.percentile) of each over the rounds, per model, video size, ORT threads
 and checkout.
@@ -54,13 +58,14 @@ GOALS = {("demo", "854x480"): 0.9, ("demo", "1920x1080"): 0.8, ("tiny", "854x480
 
 # ---------------------------------------------------------------- one measurement (a fresh process)
 
-def engine_block(timed: Callable[[], float], clip_len: int) -> tuple[float, int]:
-    """(seconds, frames) of engine-only clips until both ENGINE_FRAMES and ENGINE_SECONDS are reached."""
-    seconds, frames = 0.0, 0
+def engine_block(timed: Callable[[], float], clip_len: int) -> tuple[float, float, int]:
+    """(seconds, CPU seconds of the process, frames) of engine-only clips until both ENGINE_FRAMES and
+    ENGINE_SECONDS are reached."""
+    seconds, frames, cpu = 0.0, 0, time.process_time()
     while frames < ENGINE_FRAMES or seconds < ENGINE_SECONDS:
         seconds += timed()
         frames += clip_len
-    return seconds, frames
+    return seconds, time.process_time() - cpu, frames
 
 
 def measure(artifacts: Path, video: Path, threads: int) -> dict[str, Any]:
@@ -80,7 +85,7 @@ def measure(artifacts: Path, video: Path, threads: int) -> dict[str, Any]:
     timed = engines.clip.timer(clip_feeds(frames, text, empty_history(cfg), has_history=False))
     for _ in range(3):
         timed()
-    engine_s, engine_frames = engine_block(timed, tc)
+    engine_s, engine_cpu, engine_frames = engine_block(timed, tc)
 
     seg = Segmenter(engines, tc)
     seg.set_expression(EXPRESSION)
@@ -102,21 +107,25 @@ def measure(artifacts: Path, video: Path, threads: int) -> dict[str, Any]:
         for i in range(n):
             if i == tc:                                     # the warm-up clip is done
                 seg.timings, wait, elapsed, resize[0] = type(seg.timings)(), 0.0, 0.0, 0.0
+                cpu = time.process_time()
             t0 = time.perf_counter()
             frame = next(stream)
             t1 = time.perf_counter()
             seg.push(frame)
             wait += t1 - t0
             elapsed += time.perf_counter() - t0
+        cpu = time.process_time() - cpu
     finally:
         stream.close()
         source.close()
     timed_frames = n - tc
-    seconds, count = engine_block(timed, tc)
+    seconds, cpu_seconds, count = engine_block(timed, tc)
     engine_fps = (engine_frames + count) / (engine_s + seconds)
     t = seg.timings
     return {"engine_fps": engine_fps, "end_to_end_fps": timed_frames / elapsed,
             "ratio": timed_frames / elapsed / engine_fps, "prepared_on_prefetch_thread": prepared,
+            "cpu_ms_per_frame": {"engine": 1000 * (engine_cpu + cpu_seconds) / (engine_frames + count),
+                                 "end_to_end": 1000 * cpu / timed_frames},
             "ms_per_frame": {"wait": 1000 * wait / timed_frames,
                              "resize": 1000 * (resize[0] + t.resize_s) / timed_frames,
                              "engine": 1000 * t.engine_s / timed_frames, "upsample": 1000 * t.upsample_s / timed_frames}}
@@ -166,6 +175,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {"rounds": len(runs), **{k: stats([r[k] for r in runs]) for k in ("engine_fps", "end_to_end_fps", "ratio")},
             "ms_per_frame": {k: statistics.median(r["ms_per_frame"][k] for r in runs) for k in runs[0]["ms_per_frame"]},
+            "cpu_ms_per_frame": {k: statistics.median(r["cpu_ms_per_frame"][k] for r in runs)
+                                 for k in runs[0]["cpu_ms_per_frame"]},
             "runs": runs}
 
 
@@ -179,7 +190,8 @@ def markdown(result: dict[str, Any]) -> str:
              "measurement a fresh process (benchmarks/pipeline.py). before: main's code (" + result["before"] + "), "
              "after: this branch. ratio = end-to-end FPS / engine FPS of the same process; median (p90 in brackets).",
              "", "| model | video | ORT threads | checkout | engine FPS | end-to-end FPS | ratio | goal | "
-             "ms/frame: wait / resize / engine / upsample |", "|---|---|---:|---|---:|---:|---:|---:|---|"]
+             "ms/frame: wait / resize / engine / upsample | CPU ms/frame: engine / end to end |",
+             "|---|---|---:|---|---:|---:|---:|---:|---|---|"]
     for row in result["rows"]:
         for checkout in ("before", "after"):
             r = row[checkout]
@@ -189,7 +201,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {row['model']} | {row['video']} | {row['threads']} | {checkout} | "
                 f"{r['engine_fps']['median']:.1f} | {r['end_to_end_fps']['median']:.1f} | "
                 f"{r['ratio']['median']:.2f} ({r['ratio']['p90']:.2f}) | {'-' if goal is None else f'{goal:.1f}'} | "
-                f"{ms['wait']:.1f} / {ms['resize']:.1f} / {ms['engine']:.1f} / {ms['upsample']:.1f} |")
+                f"{ms['wait']:.1f} / {ms['resize']:.1f} / {ms['engine']:.1f} / {ms['upsample']:.1f} | "
+                f"{r['cpu_ms_per_frame']['engine']:.1f} / {r['cpu_ms_per_frame']['end_to_end']:.1f} |")
     lines += ["", "wait: the main thread waiting for the next frame (decode, and after: its resize, on the "
                   "prefetch thread); resize: seconds preparing frames (main thread before, prefetch thread "
                   "after, where it overlaps the engine).", ""]
