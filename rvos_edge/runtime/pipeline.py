@@ -21,6 +21,7 @@ import numpy as np
 
 from rvos_edge.errors import UserError
 
+WIDE = 2      # a window wider than 1 / WIDE of the frame is upsampled by cv2 as a whole
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -129,7 +130,7 @@ def upsampled_mask(logits: np.ndarray, height: int, width: int) -> tuple[np.ndar
     outside it the mask is False. cv2 interpolates along x, then along y. Here the x pass
     runs for the window's columns only (`_taps`, `_lerp`), the y pass is cv2's over those
     columns (the x axis then has scale 1, which cv2 leaves exact), and the threshold and
-    score over the window. With OpenCV 5 the values are bit-identical to cv2.resize's on the
+    score over the window; a window wider than half the frame is upsampled by cv2 whole. With OpenCV 5 the values are bit-identical to cv2.resize's on the
     whole frame; with other versions (other weights' rounding) they agree to float32 rounding.
     """
     positive = logits > 0
@@ -144,10 +145,15 @@ def upsampled_mask(logits: np.ndarray, height: int, width: int) -> tuple[np.ndar
     cols = _span(tx[0], tx[1], src_cols[0], src_cols[-1])
     if rows.start == rows.stop or cols.start == cols.stop:     # a frame smaller than the logits may skip them
         return mask, 0.0
-    i0, i1, w1 = (t[cols] for t in tx)
-    across = _lerp(logits[:, i0], logits[:, i1], w1)                                  # [m_h, window width]
-    window = cv2.resize(across, (across.shape[1], height), interpolation=cv2.INTER_LINEAR)[rows]
+    if WIDE * (cols.stop - cols.start) > width:   # a wide window: cv2 on the whole frame costs about as much
+        window = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)[rows, cols]
+    else:
+        i0, i1, w1 = (t[cols] for t in tx)
+        across = _lerp(logits[:, i0], logits[:, i1], w1)                              # [m_h, window width]
+        window = cv2.resize(across, (across.shape[1], height), interpolation=cv2.INTER_LINEAR)[rows]
     inside = window > 0
+    if inside.shape == mask.shape:
+        return inside, _score(window[inside])
     mask[rows, cols] = inside
     return mask, _score(window[inside])
 
