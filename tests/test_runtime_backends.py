@@ -174,3 +174,11 @@ def test_torch_backend_matches_the_model(tmp_path: Path) -> None:
         assert r.score == pytest.approx(float((1 / (1 + np.exp(-up)))[up > 0].mean()) if (up > 0).any() else 0.0,
                                         abs=1e-4)
     assert [r.index for r in results] == [0, 1, 2]
+
+
+def test_ort_threads_sleep_when_idle(art: Path) -> None:
+    """The pipeline's own threads share the cores: ONNX Runtime's intra-op threads must not spin."""
+    from rvos_edge.engines.ort.session import ort_session
+
+    session = ort_session(art / "clip_model.onnx", threads=2)
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -130,8 +130,9 @@ def upsampled_mask(logits: np.ndarray, height: int, width: int) -> tuple[np.ndar
     outside it the mask is False. cv2 interpolates along x, then along y. Here the x pass
     runs for the window's columns only (`_taps`, `_lerp`), the y pass is cv2's over those
     columns (the x axis then has scale 1, which cv2 leaves exact), and the threshold and
-    score over the window; a window wider than half the frame is upsampled by cv2 whole. With OpenCV 5 the values are bit-identical to cv2.resize's on the
-    whole frame; with other versions (other weights' rounding) they agree to float32 rounding.
+    score over the window; a window wider than 1 / WIDE of the frame is upsampled by cv2
+    whole. With OpenCV 5 the values are bit-identical to cv2.resize's on the whole frame;
+    with other versions (other weights' rounding) they agree to float32 rounding.
     """
     positive = logits > 0
     if logits.shape == (height, width):

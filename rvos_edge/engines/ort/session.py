@@ -5,7 +5,11 @@ parity check all open their graphs here, with the same options and the same erro
     session = ort_session(model.SerializeToString())            # an in-memory graph (calibration)
 
 Logging is errors only (warnings would break the CLI's one-line output); `threads` sets
-intra-op threads (inter-op 1); execution providers are short names ("cpu", "cuda",
+intra-op threads (inter-op 1). Idle intra-op threads sleep instead of spinning
+("session.intra_op.allow_spinning" 0): the clip pipeline's decode, resize and writer
+threads share the cores with them, and on a 2-core machine spinning took their CPU
+(benchmarks/results/intel-xeon-2c/pipeline.md: demo at 854x480, end-to-end / engine
+0.70 -> 0.9x, half the CPU per frame). Execution providers are short names ("cpu", "cuda",
 "tensorrt") with the CPU always kept last as the fallback. Importing this module does not
 import torch.
 """
@@ -56,6 +60,7 @@ def ort_session(model: str | Path | bytes, threads: int | None = None, providers
         raise UserError(f"threads must be >= 1, got {threads}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
