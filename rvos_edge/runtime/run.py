@@ -47,13 +47,14 @@ import warnings
 from contextlib import closing
 from pathlib import Path
 from types import FrameType
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rvos_edge.engines import Engines, open_engines
+from rvos_edge.engines import open_engines
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, make_folder, output_folder
 from rvos_edge.runtime.pipeline import StageTimes
@@ -186,30 +187,34 @@ def _default_out(video: str | None, frames: str | None, camera: int | None) -> P
     return Path("runs") / f"camera{camera}"
 
 
-def _open_segmenters(engines: Engines, expressions: list[str], clip_len: int | None) -> tuple[list[Segmenter], list[bool]]:
-    """One Segmenter per expression; each warning (truncated, unknown words) becomes one stderr line."""
+def _open_segmenters(new: Callable[[], Any], expressions: list[str]) -> tuple[list[Any], list[bool]]:
+    """One segmenter per expression from `new` (a Segmenter, or a RemoteSegmenter with --server); each
+    warning (truncated, unknown words) becomes one stderr line."""
     segmenters, truncated = [], []
     for text in expressions:
-        seg = Segmenter(engines, clip_len)
+        seg = new()
+        segmenters.append(seg)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             seg.set_expression(text)
         for w in caught:
             print(f"rvos-edge run: warning: {w.message}", file=sys.stderr)
-        segmenters.append(seg)
         truncated.append(any(issubclass(w.category, ExpressionTruncatedWarning) for w in caught))
     return segmenters, truncated
 
 
-def run_command(path: str, *, expressions: list[str], video: str | None = None, frames: str | None = None,
+def run_command(path: str | None, *, expressions: list[str], video: str | None = None, frames: str | None = None,
                 camera: int | None = None, out: str | None = None, backend: str | None = None,
                 precision: str = "fp32", clip_len: int | None = None, max_frames: int | None = None,
-                device: str | None = None, threads: int | None = None) -> int:
+                device: str | None = None, threads: int | None = None,
+                remote: Callable[[], Any] | None = None) -> int:
     """The `run` command; returns the exit code (0, or 130 after Ctrl-C or SIGTERM). Bad input raises
     UserError before anything is written; a source that stops early raises DecodeError once OUT holds
     the outputs of the frames before it.
 
     device: "cpu" or "cuda" (None: the backend's default; see rvos_edge.engines.engine_options).
+    remote: opens one stream of a server (`rvos-edge run --server`: rvos_edge.serving.client's
+    RemoteSegmenter); path and the engine options are then unused, the model is the server's.
     """
     for text in expressions:
         if not text.strip():
@@ -218,17 +223,23 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
         raise UserError(f"--max-frames must be >= 1, got {max_frames}")
     out_dir = Path(out) if out is not None else _default_out(video, frames, camera)
     source = open_source(video=video, frames=frames, camera=camera)
+    segmenters: list[Any] = []
     try:
-        engines = open_engines(path, backend, precision, device=device, threads=threads)
-        segmenters, truncated = _open_segmenters(engines, expressions, clip_len)
+        new = remote
+        if new is None:
+            new = partial(Segmenter, open_engines(path, backend, precision, device=device, threads=threads), clip_len)
+        segmenters, truncated = _open_segmenters(new, expressions)
         with output_folder(out_dir, SUMMARY_NAME) as staging:
-            summary = _loop(source, engines, segmenters, expressions, truncated, staging, max_frames)
+            summary = _loop(source, segmenters, expressions, truncated, staging, max_frames)
     finally:
         source.close()
+        for seg in segmenters:
+            if hasattr(seg, "close"):           # a server's stream, forgotten there
+                seg.close()
     n = summary["frames"]
     print(f"rvos-edge run: {n} frames x {len(expressions)} expression(s), "
           f"{summary['fps']['end_to_end']:.1f} fps end-to-end ({summary['fps']['engine']:.1f} fps engine), "
-          f"{engines.backend} {engines.precision} -> {out_dir}")
+          f"{summary['backend']} {summary['precision']} -> {out_dir}")
     if "error" in summary:
         raise DecodeError(f"{summary['error']}; the {n} frames before it are kept, see {out_dir / SUMMARY_NAME}")
     if "interrupted" in summary:
@@ -262,7 +273,7 @@ def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop
         frames_iter.close()
 
 
-def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], expressions: list[str],
+def _loop(source: FrameSource, segmenters: list[Any], expressions: list[str],
           truncated: list[bool], out: Path, max_frames: int | None) -> dict[str, Any]:
     """Segment the source into folder `out`; returns the summary written there."""
     folders = mask_folders(expressions)
@@ -289,8 +300,7 @@ def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], ex
     times = sum((s.timings for s in segmenters), StageTimes())
     ms = {"decode": 1000.0 * outputs.decode_s, **times.ms(), "write": 1000.0 * outputs.write_s}
     summary: dict[str, Any] = {
-        "source": source.description, "artifacts": engines.source, "backend": engines.backend,
-        "precision": engines.precision, "clip_len": segmenters[0].clip_len, "frames": n,
+        "source": source.description, **segmenters[0].describe(), "frames": n,
         "expressions": [{"text": t, "masks": f, "truncated": tr, "nonempty_masks": ne}
                         for t, f, tr, ne in zip(expressions, folders, truncated, outputs.nonempty)],
         "overlay": OVERLAY_NAME if n else None,
