@@ -204,8 +204,9 @@ def _run_run(args: argparse.Namespace) -> int:
     from rvos_edge.runtime.run import run_command
     remote = None
     if args.server is not None:
-        engine_flags = [f for f, v in (("DIR|CKPT", args.path), ("--backend", args.backend), ("--clip-len", args.clip_len),
-                                       ("--device", args.device), ("--threads", args.threads)) if v is not None]
+        given = (("DIR|CKPT", args.path), ("--backend", args.backend), ("--clip-len", args.clip_len),
+                 ("--device", args.device), ("--threads", args.threads))
+        engine_flags = [flag for flag, value in given if value is not None]
         if engine_flags or args.precision != "fp32":
             raise UserError(f"--server runs the server's model: drop {', '.join(engine_flags) or '--precision'}")
         from functools import partial
@@ -616,7 +617,8 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="DIR", help="artifact folder (or, with --backend torch, a checkpoint)")
     p.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK}: this machine only; "
                    "name another, e.g. 0.0.0.0, to serve the network)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"gRPC port (default {DEFAULT_PORT}); no HTTP, no metrics")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"gRPC port (default {DEFAULT_PORT}); no HTTP, no metrics")
     p.add_argument("--max-streams", type=int, default=d.max_streams, metavar="N",
                    help=f"streams held at once; a new one beyond is refused (default {d.max_streams})")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="S",

@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from types import FrameType
 from functools import partial
@@ -234,8 +234,9 @@ def run_command(path: str | None, *, expressions: list[str], video: str | None =
     finally:
         source.close()
         for seg in segmenters:
-            if hasattr(seg, "close"):           # a server's stream, forgotten there
-                seg.close()
+            if hasattr(seg, "close"):           # a server's stream, forgotten there (else it idles out)
+                with suppress(UserError):
+                    seg.close()
     n = summary["frames"]
     print(f"rvos-edge run: {n} frames x {len(expressions)} expression(s), "
           f"{summary['fps']['end_to_end']:.1f} fps end-to-end ({summary['fps']['engine']:.1f} fps engine), "

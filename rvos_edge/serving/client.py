@@ -143,8 +143,13 @@ class RemoteSegmenter:
     def __enter__(self) -> "RemoteSegmenter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Close; when the block raised, a failure to reach the server does not hide its exception."""
+        try:
+            self.close()
+        except UserError:
+            if exc_type is None:
+                raise
 
     def _push(self, frames: list[np.ndarray]) -> list[SegmentResult]:
         reply = self._call("push", frames=np.stack(frames))

@@ -28,9 +28,10 @@ hold (never opened, closed, or evicted after the idle timeout) is refused with
 
 A stream's frames that wait for one clip share one size (the results of one call then
 do too): a push whose H x W differs from the pending frames' is refused; after a
-flush, reset or set_expression any size goes. An error is an answer (status ok false, no results), never a failed request, so a bad
-call never fails the other streams' calls Triton batched with it; what Triton itself
-refuses (a wrong dtype or rank of a tensor) is refused before the model sees it.
+flush, reset or set_expression any size goes. An error is an answer (status ok false,
+no results), never a failed request, so a bad call never fails the other streams' calls
+Triton batched with it; what Triton itself refuses (a wrong dtype or rank of a tensor)
+is refused before the model sees it.
 
 status on success: "pending" (frames waiting for the stream's next clip), "clips" (clips
 this call ran), "batch"

@@ -64,9 +64,9 @@ def check_options(options: ServeOptions) -> None:
             raise UserError(f"{name} must be >= {low}, got {value}")
     if options.port > 65535:
         raise UserError(f"--port must be <= 65535, got {options.port}")
-    for name, seconds in (("--idle-timeout", lim.idle_timeout_s), ("--max-request-mb", lim.max_request_mb)):
-        if not seconds > 0:
-            raise UserError(f"{name} must be > 0, got {seconds:g}")
+    for name, amount in (("--idle-timeout", lim.idle_timeout_s), ("--max-request-mb", lim.max_request_mb)):
+        if not amount > 0:
+            raise UserError(f"{name} must be > 0, got {amount:g}")
     if lim.queue_delay_ms < 0:
         raise UserError(f"--queue-delay must be >= 0, got {lim.queue_delay_ms:g}")
 
