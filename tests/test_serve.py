@@ -343,3 +343,20 @@ def test_prepare_python_pins_numpy_and_finds_libpython(monkeypatch: pytest.Monke
     monkeypatch.setattr(np, "__version__", "2.1.0")
     with pytest.raises(UserError, match=r"PyTriton needs numpy 1\.x, numpy 2\.1\.0 is installed"):
         prepare_python()
+
+
+def test_segmenter_parts_refuse_misuse(engines) -> None:
+    seg = Segmenter(engines)
+    seg.set_expression("a dog")
+    with pytest.raises(UserError, match="no frames pending"):
+        seg.clip_inputs()
+    frames = video(3, 3)
+    assert [seg.add(f) for f in frames] == [False, False, True]
+    with pytest.raises(UserError, match="the clip of 3 frames is full"):
+        seg.add(frames[0])
+    feeds = seg.clip_inputs()
+    assert feeds["frames"].shape == (1, 3, 64, 64, 3) and feeds["has_history"].tolist() == [[0.0]]
+    out = engines.clip.run(feeds)
+    assert_same(seg.take_outputs(out["mask_logits"], out["history_out"]), local_run(engines, "a dog", frames))
+    assert seg.pending == 0 and not seg.add(frames[0])
+    assert seg.clip_inputs()["has_history"].tolist() == [[1.0]]          # the next clip carries the history

@@ -22,6 +22,9 @@ Behaviour (DESIGN.md section 5):
   inside the mask (0.0 for an empty mask).
 - `index` counts the frames pushed since `open` or the last `reset` (from 0);
   `set_expression` does not restart it (same stream, new expression).
+- `push` is `add` (the frame stored; True when the clip is full), then the clip graph on
+  `clip_inputs()` and `take_outputs`. A caller running the clips of several Segmenters in one
+  engine call (rvos_edge.serving.streams) calls those three itself.
 """
 from __future__ import annotations
 
