@@ -6,6 +6,7 @@ one stream into another would show). Every expectation is a local Segmenter's re
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from rvos_edge.cli import main  # noqa: E402
-from rvos_edge.engines import open_engines  # noqa: E402
+from rvos_edge.engines import Runner, open_engines  # noqa: E402
 from rvos_edge.errors import UserError  # noqa: E402
 from rvos_edge.runtime.segmenter import ExpressionTruncatedWarning, Segmenter, SegmentResult  # noqa: E402
 from rvos_edge.serving import RemoteError, RemoteSegmenter  # noqa: E402
@@ -360,3 +361,29 @@ def test_segmenter_parts_refuse_misuse(engines) -> None:
     assert_same(seg.take_outputs(out["mask_logits"], out["history_out"]), local_run(engines, "a dog", frames))
     assert seg.pending == 0 and not seg.add(frames[0])
     assert seg.clip_inputs()["has_history"].tolist() == [[1.0]]          # the next clip carries the history
+
+
+class _FailsOnce(Runner):
+    """The clip runner of `engines`, raising on its first call."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner, self.name, self.inputs, self.outputs = inner, inner.name, inner.inputs, inner.outputs
+        self.calls = 0
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("device lost")
+        return self.inner.run(feeds)
+
+
+def test_an_engine_failure_fails_its_calls_and_resets_their_streams(engines) -> None:
+    table = StreamTable(dataclasses.replace(engines, clip=_FailsOnce(engines.clip)), Limits())
+    frames = video(5, 6)
+    table.handle([Call("a", "set_expression", "a dog", NO_FRAMES), Call("b", "set_expression", "a cat", NO_FRAMES)])
+    replies = table.handle([Call("a", "push", "", frames[:4]), Call("b", "flush", "", NO_FRAMES)])
+    assert replies[0].error == ("the engine failed on this stream's clip (RuntimeError: device lost); "
+                                "the stream was reset")
+    assert replies[1].error is None and replies[1].results == []
+    (reply,) = table.handle([Call("a", "push", "", frames)])
+    assert_same(reply.results, local_run(engines, "a dog", frames))     # it starts again from index 0

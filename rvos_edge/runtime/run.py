@@ -20,7 +20,9 @@ they are written to a staging folder beside OUT, which replaces OUT, previous re
 and all, when the run ends; a second process asking for the same OUT meanwhile is
 refused, and after a crash OUT holds the previous complete result (or nothing). All
 expressions share one decode of the source; each has its own Segmenter (history,
-text features) over the same loaded engines.
+text features) over the same loaded engines, or with `--server URL` its own stream of
+`rvos-edge serve` (a RemoteSegmenter; summary.json then adds "server", and its engine time
+is the calls' round trips).
 
 summary.json: "frames" processed; "fps": {"end_to_end": frames / wall seconds of
 the frame loop (decode, pipeline, writing), "engine": frames / seconds in the
@@ -45,9 +47,9 @@ import threading
 import time
 import warnings
 from contextlib import closing, suppress
+from functools import partial
 from pathlib import Path
 from types import FrameType
-from functools import partial
 from typing import Any, Callable, Iterator
 
 import cv2

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rvos_edge.runtime.segmenter import SegmentResult
 from rvos_edge.errors import UserError
+from rvos_edge.runtime.segmenter import SegmentResult
 from rvos_edge.serving.client import RemoteSegmenter
 
 READY = "rvos-edge serve: "

@@ -56,6 +56,7 @@ class _Job:
     clips: int = 0
     started: bool = False
     warnings: list[list[str]] = field(default_factory=list)
+    failed: str | None = None
 
 
 @dataclass
@@ -117,6 +118,8 @@ class StreamTable:
                 while queue:
                     job = queue[0]
                     try:
+                        if job.failed is not None:
+                            raise UserError(job.failed)
                         stream = self._advance(job, now)
                     except UserError as e:
                         replies[job.slot] = error_reply(str(e))
@@ -232,7 +235,15 @@ class StreamTable:
             feeds = [stream.seg.clip_inputs() for stream, _ in group]
             batch = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
             t0 = time.perf_counter()
-            out = self.engines.clip.run(batch)
+            try:
+                out = self.engines.clip.run(batch)
+            except Exception as e:       # the engine's failure fails these calls only; their streams restart
+                for stream, job in group:
+                    stream.seg.reset()
+                    stream.size = None
+                    job.failed = (f"the engine failed on this stream's clip ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); the stream was reset")
+                continue
             seconds = time.perf_counter() - t0
             self.stats.engine_calls += 1
             self.stats.clips += len(group)
