@@ -5,7 +5,8 @@ every frame came back once, to its own stream, with the local Segmenter's mask.
     report = check(runs, expected)          # expected[s]: the local Segmenter's results of video s
 
 `server_process` starts `rvos-edge serve` in a child process on a free loopback port and
-stops it (SIGINT, then SIGKILL after a grace period) when the block ends, whatever happens.
+stops it (SIGINT, then SIGKILL after a grace period) when the block ends, whatever happens;
+its output lines are kept (the last one says what it served).
 
 `drive` opens one RemoteSegmenter per video (stream ids "load-0", "load-1", ...), one thread
 each; they start together (a barrier) and push `frames_per_call` frames per call, then flush
@@ -68,7 +69,8 @@ def server_process(path: str | Path, *flags: str, ready_timeout_s: float = 120.0
             arrived.put(line)
         arrived.put(None)
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + ready_timeout_s
         while True:
@@ -89,6 +91,7 @@ def server_process(path: str | Path, *flags: str, ready_timeout_s: float = 120.0
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        reader.join(10.0)                   # every line the child printed is in `lines`
 
 
 @dataclass
