@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "torch": ("torch", "onnxscript", "safetensors"),
     "serve": ("tritonclient",),           # rvos-edge triton (rvos_edge.serving): tritonclient[grpc]
     "openvino": ("openvino",),            # --backend openvino (rvos_edge.engines.openvino)
+    "ray": ("ray",),                      # rvos-edge batch (rvos_edge.serving.batch): ray[data]
 }
 """Each extra -> the top-level modules its packages install (as in pyproject.toml's optional-dependencies)."""
 

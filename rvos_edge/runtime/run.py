@@ -186,19 +186,20 @@ def _default_out(video: str | None, frames: str | None, camera: int | None) -> P
     return Path("runs") / f"camera{camera}"
 
 
-def _open_segmenters(engines: Engines, expressions: list[str], clip_len: int | None) -> tuple[list[Segmenter], list[bool]]:
-    """One Segmenter per expression; each warning (truncated, unknown words) becomes one stderr line."""
-    segmenters, truncated = [], []
+def open_segmenters(engines: Engines, expressions: list[str],
+                    clip_len: int | None) -> tuple[list[Segmenter], list[bool], list[str]]:
+    """One Segmenter per expression over `engines`: the segmenters, whether each expression was
+    truncated, and the warnings setting them gave (truncated, unknown words), one message each."""
+    segmenters, truncated, messages = [], [], []
     for text in expressions:
         seg = Segmenter(engines, clip_len)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             seg.set_expression(text)
-        for w in caught:
-            print(f"rvos-edge run: warning: {w.message}", file=sys.stderr)
+        messages += [str(w.message) for w in caught]
         segmenters.append(seg)
         truncated.append(any(issubclass(w.category, ExpressionTruncatedWarning) for w in caught))
-    return segmenters, truncated
+    return segmenters, truncated, messages
 
 
 def run_command(path: str, *, expressions: list[str], video: str | None = None, frames: str | None = None,
@@ -220,9 +221,11 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
     source = open_source(video=video, frames=frames, camera=camera)
     try:
         engines = open_engines(path, backend, precision, device=device, threads=threads)
-        segmenters, truncated = _open_segmenters(engines, expressions, clip_len)
+        segmenters, truncated, messages = open_segmenters(engines, expressions, clip_len)
+        for message in messages:
+            print(f"rvos-edge run: warning: {message}", file=sys.stderr)
         with output_folder(out_dir, SUMMARY_NAME) as staging:
-            summary = _loop(source, engines, segmenters, expressions, truncated, staging, max_frames)
+            summary = write_outputs(source, engines, segmenters, expressions, truncated, staging, max_frames)
     finally:
         source.close()
     n = summary["frames"]
@@ -237,7 +240,7 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
     return 0
 
 
-def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop: _StopRequest,
+def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop: _StopRequest | _NoStop,
             ended: dict[str, Any]) -> Iterator[np.ndarray]:
     """The source's frames in order, prefetched, each registered with `outputs`, until the source
     ends, `max_frames`, a stop request or a decode failure (then `ended` says where and why)."""
@@ -262,16 +265,35 @@ def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop
         frames_iter.close()
 
 
-def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], expressions: list[str],
-          truncated: list[bool], out: Path, max_frames: int | None) -> dict[str, Any]:
-    """Segment the source into folder `out`; returns the summary written there."""
+class _NoStop:
+    """The stop request of a loop that signals do not stop (it runs in a worker: see `write_outputs`)."""
+
+    requested = False
+
+    def __enter__(self) -> "_NoStop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def write_outputs(source: FrameSource, engines: Engines, segmenters: list[Segmenter], expressions: list[str],
+                  truncated: list[bool], out: Path, max_frames: int | None, *, interactive: bool = True) -> dict[str, Any]:
+    """Segment the source into folder `out` (masks, overlay, summary: the module docstring's layout, which
+    `rvos-edge batch` shares); returns the summary written there.
+
+    segmenters and truncated: from `open_segmenters(engines, expressions, ...)`. interactive: a progress
+    bar on stderr (when it is a terminal) and Ctrl-C/SIGTERM stopping between frames; False for a worker
+    process, whose signals belong to the process that runs it.
+    """
     folders = mask_folders(expressions)
     outputs = _Outputs(out, folders, source.fps or DEFAULT_FPS)
     known = [x for x in (source.length, max_frames) if x is not None]
     total = min(known) if known else None
     ended: dict[str, Any] = {}
     t_start = time.perf_counter()
-    with (_StopRequest() as stop, tqdm(total=total, unit="frame", desc="run", disable=None, file=sys.stderr) as bar,
+    with ((_StopRequest() if interactive else _NoStop()) as stop,
+          tqdm(total=total, unit="frame", desc="run", disable=None if interactive else True, file=sys.stderr) as bar,
           closing(_frames(source, outputs, max_frames, stop, ended)) as frames):
         try:
             for frame in frames:
