@@ -599,14 +599,16 @@ def _add_batch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", required=True, metavar="DIR", help="artifact folder from `rvos-edge export`")
     p.add_argument("--out", required=True, metavar="OUT",
                    help="output folder: OUT/<key>/ as `rvos-edge run` writes it, OUT/index.jsonl (resumable)")
-    p.add_argument("--ray", metavar="ADDRESS", help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:PORT); "
-                   "default: a local Ray on this machine")
+    p.add_argument("--ray", metavar="ADDRESS", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:PORT); default: $RAY_ADDRESS when set, "
+                   "else a local Ray started for the command")
     p.add_argument("--actors", type=int, default=1, metavar="N", help="actors, each with its own engines (default 1)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads of each actor's engine (default: the cluster's CPUs / the actors)")
-    p.add_argument("--backend", default="ort", choices=backend_names(), help="default ort")
+    p.add_argument("--backend", default="ort", choices=backend_names("folder"), help="default ort")
     p.add_argument("--precision", default="fp32", choices=precision_names())
-    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu (cuda: a GPU per actor)")
+    p.add_argument("--device", choices=DEVICES,
+                   help="default: cuda for --backend trt, else cpu (cuda: a GPU per actor)")
     p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
     p.add_argument("--json", metavar="FILE", help="also write the run's summary (counts, timings, rates) as JSON")
 
@@ -655,7 +657,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "triton": (_add_triton, _run_triton,
                "a model repository for NVIDIA Triton Inference Server (the official container)"),
     "batch": (_add_batch, _run_batch,
-              "segment a list of videos on Ray (local or a cluster): resumable, an index of done and failed"),
+              "segment a list of videos on Ray (local or a cluster): resumable, an index of done and failed videos"),
     "demo": (_add_demo, _run_demo, "export the shipped demo checkpoint and segment held-out synthetic videos on the CPU"),
 }
 

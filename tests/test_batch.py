@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,25 @@ def test_rerun_skips_the_finished(world: dict[str, Path], first: dict[str, Any],
     assert not second["leftover"].exists() and not (world["out"] / STAGING_NAME).exists()
 
 
+@needs_ray
+def test_nothing_to_do_starts_no_ray(world: dict[str, Path], second: dict[str, Any], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rvos_edge.serving.batch as batch
+
+    def no_ray(address: str | None) -> None:
+        raise AssertionError("Ray started with nothing to do")
+
+    monkeypatch.setattr(batch, "_start_ray", no_ray)
+    out = tmp_path / "out"
+    shutil.copytree(world["out"], out)
+    rows = [line for line in world["list"].read_text().splitlines() if line and "corrupt" not in line]
+    listing = world["root"] / "good.jsonl"                       # beside the videos: the same relative paths
+    listing.write_text("\n".join(rows) + "\n")
+    assert main(["batch", str(listing), "--artifacts", str(world["art"]), "--out", str(out)]) == 0
+    assert "0 done, 0 failed, 5 skipped (done before) of 5 videos" in capsys.readouterr().out
+    assert [e["key"] for e in index_lines(out)] == ["walk", "pair", "short", "long", "wide-id"]
+
+
 def test_one_video_outputs_and_errors(world: dict[str, Path], tmp_path: Path) -> None:
     """segment_video, what each actor runs: a good video's folder put in place whole; a corrupt or garbage
     video is an error record, its partial outputs discarded and an older folder of its key removed."""
@@ -181,6 +201,8 @@ def test_one_video_outputs_and_errors(world: dict[str, Path], tmp_path: Path) ->
     garbage.write_bytes(b"\x00not a video" * 64)
     worse = segment_video(engines, {"key": "garbage", "path": str(garbage), "expressions": ["x"]}, out, None)
     assert worse["status"] == "error" and "cannot open video" in worse["error"]
+    gone = segment_video(engines, {"key": "gone", "path": str(tmp_path / "gone.mp4"), "expressions": ["x"]}, out, None)
+    assert gone["status"] == "error" and "does not exist" in gone["error"]
     assert sorted(p.name for p in out.iterdir()) == [STAGING_NAME, "walk"]
     assert list((out / STAGING_NAME).iterdir()) == []
 
@@ -247,6 +269,9 @@ def test_bad_artifacts_and_outputs(tmp_path: Path, world: dict[str, Path], capsy
 
     rc, err = batch(tmp_path / "missing", tmp_path / "out")
     assert rc == 2 and err.count("\n") == 1 and "missing is not a folder" in err
+    assert main(["batch", str(listing), "--artifacts", str(world["art"]), "--out", str(tmp_path / "out"),
+                 "--actors", "0"]) == 2
+    assert "--actors must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "out").exists()
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -278,7 +278,8 @@ class _NoStop:
 
 
 def write_outputs(source: FrameSource, engines: Engines, segmenters: list[Segmenter], expressions: list[str],
-                  truncated: list[bool], out: Path, max_frames: int | None, *, interactive: bool = True) -> dict[str, Any]:
+                  truncated: list[bool], out: Path, max_frames: int | None, *,
+                  interactive: bool = True) -> dict[str, Any]:
     """Segment the source into folder `out` (masks, overlay, summary: the module docstring's layout, which
     `rvos-edge batch` shares); returns the summary written there.
 

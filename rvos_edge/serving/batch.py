@@ -34,11 +34,13 @@ still pending, then it is redone): the next run resumes (see batch_jobs for the 
 
 Ray. Without --ray a local Ray starts inside the command and stops with it: num_cpus = this
 process's cores, an object store of OBJECT_STORE_MB, no dashboard, usage stats off, its node
-address 127.0.0.1 (it needs no network). With --ray ADDRESS ("auto", "HOST:PORT",
-"ray://HOST:10001") it joins that cluster, whose nodes must have this version of rvos-edge
-installed. Each actor runs ONNX Runtime with --threads threads (default: the cluster's CPUs
-divided by the actors) and asks Ray for that many CPUs (at most its share of the cluster's),
-and for one GPU with --device cuda. Actors are not restarted: a worker process that dies (out
+address 127.0.0.1 (it needs no network; Ray's own gRPC servers still listen on every
+interface, behind the token authentication Ray turns on). With --ray ADDRESS ("auto",
+"HOST:PORT", "ray://HOST:10001"; the command line's default is $RAY_ADDRESS when set) it
+joins that cluster, whose nodes must have this version of rvos-edge installed. Each actor
+runs ONNX Runtime with --threads threads (default: the cluster's CPUs divided by the actors)
+and asks Ray for that many CPUs (at most its share of the cluster's), and for one GPU with
+--device cuda. Actors are not restarted: a worker process that dies (out
 of memory, a crash in native code) stops the run, which then exits 2 after writing the index;
 the next run resumes. A video that fails in Python (a corrupt file, a decode error halfway)
 is recorded in the index with its error, its partial outputs discarded, and the others go on.
@@ -122,7 +124,8 @@ def segment_video(engines: Engines, task: dict[str, Any], out: Path, clip_len: i
     except UserError as e:
         record["error"] = str(e)
     except Exception as e:                       # one video's bug must not end a batch of thousands
-        record["error"] = f"{type(e).__name__}: {e} ({traceback.extract_tb(e.__traceback__)[-1].filename})"
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        record["error"] = f"{type(e).__name__}: {e} (at {where.filename}:{where.lineno})"
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if record["error"] is not None:
