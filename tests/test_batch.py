@@ -1,8 +1,10 @@
 """`rvos-edge batch` (rvos_edge.serving.batch): a list of videos on a local Ray, resumable, an index of
 done and failed videos, each video's outputs those of `rvos-edge run`.
 
-Ray starts twice in this file (the first run and the re-run, each a subprocess); everything else
-(the list's errors, the resume rule, one video's outputs) runs without Ray.
+Ray starts twice in this file: a local one for the first run, and a one-node cluster (`ray start
+--head` on this machine) that the re-run joins with --ray; everything else (the list's errors,
+the resume rule, one video's outputs) runs without Ray. Ray's token authentication is on
+(RAY_AUTH_MODE=token), as a cluster's would be.
 """
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -72,11 +77,44 @@ def make_folder_of_videos(folder: Path) -> Path:
     return folder
 
 
-def run_batch(world: dict[str, Path]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+RAY_ENV = {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+
+
+def run_batch(world: dict[str, Path], *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run([sys.executable, "-m", "rvos_edge.cli", "batch", str(world["list"]), "--artifacts",
-                           str(world["art"]), "--out", str(world["out"]), "--actors", "2"],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=world["root"])
+                           str(world["art"]), "--out", str(world["out"]), "--actors", "2", *extra],
+                          capture_output=True, text=True, env={**env, **RAY_ENV}, timeout=300, cwd=world["root"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(world: dict[str, Path]) -> Iterator[str]:
+    """The address of a one-node Ray cluster on this machine (`ray start --head`), stopped afterwards."""
+    port = free_port()
+    log = (world["root"] / "head.log").open("w")
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false",
+                             "--object-store-memory=200000000", "--disable-usage-stats"],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **RAY_ENV})
+    try:
+        deadline = time.monotonic() + 120
+        while "will now block" not in (world["root"] / "head.log").read_text():
+            assert head.poll() is None and time.monotonic() < deadline, (world["root"] / "head.log").read_text()
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGINT)             # `ray start --block` stops its processes on SIGINT
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        log.close()
 
 
 def index_lines(out: Path) -> list[dict[str, Any]]:
@@ -98,10 +136,11 @@ def first(world: dict[str, Path]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def second(world: dict[str, Path], first: dict[str, Any]) -> dict[str, Any]:
+def second(world: dict[str, Path], first: dict[str, Any], cluster: str) -> dict[str, Any]:
+    """The re-run, on a Ray cluster this time (`--ray ADDRESS`), after a worker was killed mid-video."""
     leftover = world["out"] / STAGING_NAME / "walk-999999-deadbeef"   # what a killed worker leaves
     (leftover / "masks").mkdir(parents=True)
-    proc = run_batch(world)
+    proc = run_batch(world, "--ray", cluster)
     return {"proc": proc, "index": index_lines(world["out"]), "state": folder_state(world["out"]),
             "leftover": leftover}
 
@@ -154,6 +193,7 @@ def test_rerun_skips_the_finished(world: dict[str, Path], first: dict[str, Any],
     proc = second["proc"]
     assert proc.returncode == 1, proc.stderr
     assert "0 done, 1 failed, 5 skipped (done before) of 6 videos" in proc.stdout
+    assert "1 actor(s) x 2 thread(s), Ray at 127.0.0.1:" in proc.stdout      # one video left: one actor
     before = {e["key"]: e for e in first["index"]}
     after = {e["key"]: e for e in second["index"]}
     for key in ("walk", "pair", "short", "long", "wide-id"):

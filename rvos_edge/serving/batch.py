@@ -32,12 +32,15 @@ then rewrites it (atomically, at most once a second, and at the end) as results 
 kill at any point leaves every finished video's folder whole and the index listing it (or
 still pending, then it is redone): the next run resumes (see batch_jobs for the rule).
 
-Ray. Without --ray a local Ray starts inside the command and stops with it: num_cpus = this
+Ray. Without --ray a local Ray of its own starts inside the command (even where `ray start`
+left a cluster running on this machine) and stops with it: num_cpus = this
 process's cores, an object store of OBJECT_STORE_MB, no dashboard, usage stats off, its node
 address 127.0.0.1 (it needs no network; Ray's own gRPC servers still listen on every
 interface, behind the token authentication Ray turns on). With --ray ADDRESS ("auto",
 "HOST:PORT", "ray://HOST:10001"; the command line's default is $RAY_ADDRESS when set) it
-joins that cluster, whose nodes must have this version of rvos-edge installed. Each actor
+joins that cluster, whose nodes must have this version of rvos-edge installed (a cluster with
+Ray's token authentication also wants RAY_AUTH_MODE=token and its token here, as any Ray
+driver does). Each actor
 runs ONNX Runtime with --threads threads (default: the cluster's CPUs divided by the actors)
 and asks Ray for that many CPUs (at most its share of the cluster's), and for one GPU with
 --device cuda. Actors are not restarted: a worker process that dies (out
@@ -57,8 +60,10 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -179,18 +184,24 @@ def _start_ray(address: str | None) -> Any:
     import ray.data
 
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address is None:
             # Workers are started by this machine's raylet: they must import this process's rvos_edge.
             package_root = str(Path(__file__).resolve().parents[2])
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-            ray.init(num_cpus=len(os.sched_getaffinity(0)), object_store_memory=OBJECT_STORE_MB * 2**20,
-                     _node_ip_address="127.0.0.1", **quiet)
+            # address "local": a new cluster of our own, even where `ray start` left one running here.
+            ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)),
+                     object_store_memory=OBJECT_STORE_MB * 2**20, _node_ip_address="127.0.0.1", **quiet)
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UserError(f"cannot start {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if threading.current_thread() is threading.main_thread() and sigterm is not None:
+        # ray.init puts its own crash handler on SIGTERM (a stack dump, then death): give it back to
+        # the command, for which SIGTERM is Ctrl-C, so a stopped run still writes its index.
+        signal.signal(signal.SIGTERM, sigterm)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False         # the command's own bar counts videos
     context.print_on_execution_start = False
