@@ -648,6 +648,34 @@ def _run_serve(args: argparse.Namespace) -> int:
                                                  limits=limits))
 
 
+def _add_batch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("videos", metavar="VIDEOS.jsonl",
+                   help='one video a line: {"video": PATH, "expr": [TEXT, ...], "id": KEY (optional)}')
+    p.add_argument("--artifacts", required=True, metavar="DIR", help="artifact folder from `rvos-edge export`")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="output folder: OUT/<key>/ as `rvos-edge run` writes it, OUT/index.jsonl (resumable)")
+    p.add_argument("--ray", metavar="ADDRESS", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:PORT); default: $RAY_ADDRESS when set, "
+                   "else a local Ray started for the command")
+    p.add_argument("--actors", type=int, default=1, metavar="N", help="actors, each with its own engines (default 1)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads of each actor's engine (default: the cluster's CPUs / the actors)")
+    p.add_argument("--backend", default="ort", choices=backend_names("folder"), help="default ort")
+    p.add_argument("--precision", default="fp32", choices=precision_names())
+    p.add_argument("--device", choices=DEVICES,
+                   help="default: cuda for --backend trt, else cpu (cuda: a GPU per actor)")
+    p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
+    p.add_argument("--json", metavar="FILE", help="also write the run's summary (counts, timings, rates) as JSON")
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from rvos_edge.serving.batch import BatchOptions, run_batch
+    options = BatchOptions(artifacts=args.artifacts, backend=args.backend, precision=args.precision,
+                           device=args.device, clip_len=args.clip_len, actors=args.actors, threads=args.threads,
+                           ray_address=args.ray)
+    return run_batch(args.videos, args.out, options, args.json)
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint to demonstrate (default: the shipped demo one)")
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
@@ -685,6 +713,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
                "a model repository for NVIDIA Triton Inference Server (the official container)"),
     "serve": (_add_serve, _run_serve,
               "a Triton server here (PyTriton, no container): one history per stream, clips batched across streams"),
+    "batch": (_add_batch, _run_batch,
+              "segment a list of videos on Ray (local or a cluster): resumable, an index of done and failed videos"),
     "demo": (_add_demo, _run_demo, "export the shipped demo checkpoint and segment held-out synthetic videos on the CPU"),
 }
 

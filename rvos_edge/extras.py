@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     # RemoteSegmenter need tritonclient only (they ask for it alone)
     "serve": ("tritonclient", "pytriton"),
     "openvino": ("openvino",),            # --backend openvino (rvos_edge.engines.openvino)
+    "ray": ("ray",),                      # rvos-edge batch (rvos_edge.serving.batch): ray[data]
 }
 """Each extra -> the top-level modules its packages install (as in pyproject.toml's optional-dependencies;
 IMPORT_NAMES maps a distribution to its module where the names differ)."""

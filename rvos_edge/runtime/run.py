@@ -189,20 +189,20 @@ def _default_out(video: str | None, frames: str | None, camera: int | None) -> P
     return Path("runs") / f"camera{camera}"
 
 
-def _open_segmenters(new: Callable[[], Any], expressions: list[str]) -> tuple[list[Any], list[bool]]:
-    """One segmenter per expression from `new` (a Segmenter, or a RemoteSegmenter with --server); each
-    warning (truncated, unknown words) becomes one stderr line."""
-    segmenters, truncated = [], []
+def open_segmenters(new: Callable[[], Any], expressions: list[str]) -> tuple[list[Any], list[bool], list[str]]:
+    """One segmenter per expression from `new` (a Segmenter over loaded engines, or a RemoteSegmenter
+    with --server): the segmenters, whether each expression was truncated, and the warnings setting
+    them gave (truncated, unknown words), one message each."""
+    segmenters, truncated, messages = [], [], []
     for text in expressions:
         seg = new()
         segmenters.append(seg)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             seg.set_expression(text)
-        for w in caught:
-            print(f"rvos-edge run: warning: {w.message}", file=sys.stderr)
+        messages += [str(w.message) for w in caught]
         truncated.append(any(issubclass(w.category, ExpressionTruncatedWarning) for w in caught))
-    return segmenters, truncated
+    return segmenters, truncated, messages
 
 
 def run_command(path: str | None, *, expressions: list[str], video: str | None = None, frames: str | None = None,
@@ -230,9 +230,11 @@ def run_command(path: str | None, *, expressions: list[str], video: str | None =
         new = remote
         if new is None:
             new = partial(Segmenter, open_engines(path, backend, precision, device=device, threads=threads), clip_len)
-        segmenters, truncated = _open_segmenters(new, expressions)
+        segmenters, truncated, messages = open_segmenters(new, expressions)
+        for message in messages:
+            print(f"rvos-edge run: warning: {message}", file=sys.stderr)
         with output_folder(out_dir, SUMMARY_NAME) as staging:
-            summary = _loop(source, segmenters, expressions, truncated, staging, max_frames)
+            summary = write_outputs(source, segmenters, expressions, truncated, staging, max_frames)
     finally:
         source.close()
         for seg in segmenters:
@@ -251,7 +253,7 @@ def run_command(path: str | None, *, expressions: list[str], video: str | None =
     return 0
 
 
-def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop: _StopRequest,
+def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop: _StopRequest | _NoStop,
             ended: dict[str, Any]) -> Iterator[np.ndarray]:
     """The source's frames in order, prefetched, each registered with `outputs`, until the source
     ends, `max_frames`, a stop request or a decode failure (then `ended` says where and why)."""
@@ -276,16 +278,36 @@ def _frames(source: FrameSource, outputs: _Outputs, max_frames: int | None, stop
         frames_iter.close()
 
 
-def _loop(source: FrameSource, segmenters: list[Any], expressions: list[str],
-          truncated: list[bool], out: Path, max_frames: int | None) -> dict[str, Any]:
-    """Segment the source into folder `out`; returns the summary written there."""
+class _NoStop:
+    """The stop request of a loop that signals do not stop (it runs in a worker: see `write_outputs`)."""
+
+    requested = False
+
+    def __enter__(self) -> "_NoStop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def write_outputs(source: FrameSource, segmenters: list[Any], expressions: list[str],
+                  truncated: list[bool], out: Path, max_frames: int | None, *,
+                  interactive: bool = True) -> dict[str, Any]:
+    """Segment the source into folder `out` (masks, overlay, summary: the module docstring's layout, which
+    `rvos-edge batch` shares); returns the summary written there.
+
+    segmenters and truncated: from `open_segmenters(...)`. interactive: a progress
+    bar on stderr (when it is a terminal) and Ctrl-C/SIGTERM stopping between frames; False for a worker
+    process, whose signals belong to the process that runs it.
+    """
     folders = mask_folders(expressions)
     outputs = _Outputs(out, folders, source.fps or DEFAULT_FPS)
     known = [x for x in (source.length, max_frames) if x is not None]
     total = min(known) if known else None
     ended: dict[str, Any] = {}
     t_start = time.perf_counter()
-    with (_StopRequest() as stop, tqdm(total=total, unit="frame", desc="run", disable=None, file=sys.stderr) as bar,
+    with ((_StopRequest() if interactive else _NoStop()) as stop,
+          tqdm(total=total, unit="frame", desc="run", disable=None if interactive else True, file=sys.stderr) as bar,
           closing(_frames(source, outputs, max_frames, stop, ended)) as frames):
         try:
             for frame in frames:

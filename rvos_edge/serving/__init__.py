@@ -7,9 +7,13 @@
   PyTriton, one Segmenter history per stream, clips of different streams batched.
 - `client`: `RemoteSegmenter(url, stream_id)`, the Segmenter API on such a server
   (``from rvos_edge.serving import RemoteSegmenter``; `rvos-edge run --server URL`).
+- `batch` (with `batch_jobs`): `rvos-edge batch VIDEOS.jsonl --artifacts DIR --out OUT`, a list
+  of videos segmented on Ray Data, locally or on a cluster, resumable, each video's outputs
+  those of `rvos-edge run`.
 
 Importing this package imports none of them; tritonclient and PyTriton are imported only
-when a server starts or a client connects (``pip install 'rvos-edge[serve]'``).
+when a server starts or a client connects (``pip install 'rvos-edge[serve]'``), Ray only when
+`rvos-edge batch` runs (``pip install 'rvos-edge[ray]'``).
 """
 from __future__ import annotations
 
