@@ -23,7 +23,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     # RemoteSegmenter need tritonclient only (they ask for it alone)
     "serve": ("tritonclient", "pytriton"),
     "openvino": ("openvino",),            # --backend openvino (rvos_edge.engines.openvino)
-    "ray": ("ray",),                      # rvos-edge batch (rvos_edge.serving.batch): ray[data]
+    "ray": ("ray", "pyarrow"),            # rvos-edge batch (rvos_edge.serving.batch): ray[data], pyarrow<26
 }
 """Each extra -> the top-level modules its packages install (as in pyproject.toml's optional-dependencies;
 IMPORT_NAMES maps a distribution to its module where the names differ)."""
