@@ -180,7 +180,8 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", metavar="DIR|CKPT", help="artifact folder (ort) or .safetensors checkpoint (torch)")
+    p.add_argument("path", metavar="DIR|CKPT", nargs="?",
+                   help="artifact folder (ort) or .safetensors checkpoint (torch); not with --server")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", metavar="PATH", help="video file")
     src.add_argument("--frames", metavar="DIR", help="folder of images, taken in natural name order")
@@ -195,13 +196,29 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", metavar="N", type=int, help="stop after N frames")
     p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
     p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
+    p.add_argument("--server", metavar="URL", help="segment on `rvos-edge serve` at grpc://HOST:PORT "
+                   "(RemoteSegmenter, one stream per expression) instead of DIR|CKPT here")
 
 
 def _run_run(args: argparse.Namespace) -> int:
     from rvos_edge.runtime.run import run_command
+    remote = None
+    if args.server is not None:
+        given = (("DIR|CKPT", args.path), ("--backend", args.backend), ("--clip-len", args.clip_len),
+                 ("--device", args.device), ("--threads", args.threads))
+        engine_flags = [flag for flag, value in given if value is not None]
+        if engine_flags or args.precision != "fp32":
+            raise UserError(f"--server runs the server's model: drop {', '.join(engine_flags) or '--precision'}")
+        from functools import partial
+
+        from rvos_edge.serving.client import RemoteSegmenter, parse_url
+        remote = partial(RemoteSegmenter, parse_url(args.server))
+    elif args.path is None:
+        raise UserError("give an artifact folder or checkpoint (DIR|CKPT), or --server URL")
     return run_command(args.path, expressions=args.expr, video=args.video, frames=args.frames, camera=args.camera,
                        out=args.out, backend=args.backend, precision=args.precision, clip_len=args.clip_len,
-                       max_frames=args.max_frames, device=_device(args), threads=args.threads)
+                       max_frames=args.max_frames, device=None if remote else _device(args), threads=args.threads,
+                       remote=remote)
 
 
 def _clip_len_range(text: str) -> tuple[int, int]:
@@ -593,6 +610,72 @@ def _run_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    from rvos_edge.serving.protocol import Limits
+    from rvos_edge.serving.server import DEFAULT_PORT, LOOPBACK
+    d = Limits()
+    p.add_argument("path", metavar="DIR", help="artifact folder (or, with --backend torch, a checkpoint)")
+    p.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK}: this machine only; "
+                   "name another, e.g. 0.0.0.0, to serve the network)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"gRPC port (default {DEFAULT_PORT}); no HTTP, no metrics")
+    p.add_argument("--max-streams", type=int, default=d.max_streams, metavar="N",
+                   help=f"streams held at once; a new one beyond is refused (default {d.max_streams})")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="S",
+                   help=f"seconds without a call after which a stream is evicted (default {d.idle_timeout_s:g})")
+    p.add_argument("--max-request-mb", type=float, default=d.max_request_mb, metavar="MB",
+                   help=f"frames per call, N x H x W x 3 bytes, in MiB (default {d.max_request_mb:g})")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N",
+                   help=f"calls batched, and clips of different streams run in one engine call (default {d.max_batch})")
+    p.add_argument("--queue-delay", type=float, default=d.queue_delay_ms, metavar="MS",
+                   help=f"milliseconds a call waits for others to batch with (default {d.queue_delay_ms:g})")
+    p.add_argument("--backend", choices=backend_names(), help="default: ort for a folder, torch for a checkpoint")
+    p.add_argument("--precision", default="fp32", choices=precision_names())
+    p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
+    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
+    p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
+    p.add_argument("--log", metavar="FILE", help="Triton's own log (default: not kept)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from rvos_edge.serving.protocol import Limits
+    from rvos_edge.serving.server import ServeOptions, serve_command
+    limits = Limits(max_streams=args.max_streams, idle_timeout_s=args.idle_timeout, max_request_mb=args.max_request_mb,
+                    max_batch=args.max_batch, queue_delay_ms=args.queue_delay)
+    return serve_command(args.path, ServeOptions(host=args.host, port=args.port, backend=args.backend,
+                                                 precision=args.precision, clip_len=args.clip_len,
+                                                 device=_device(args), threads=args.threads, log=args.log,
+                                                 limits=limits))
+
+
+def _add_batch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("videos", metavar="VIDEOS.jsonl",
+                   help='one video a line: {"video": PATH, "expr": [TEXT, ...], "id": KEY (optional)}')
+    p.add_argument("--artifacts", required=True, metavar="DIR", help="artifact folder from `rvos-edge export`")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="output folder: OUT/<key>/ as `rvos-edge run` writes it, OUT/index.jsonl (resumable)")
+    p.add_argument("--ray", metavar="ADDRESS", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:PORT); default: $RAY_ADDRESS when set, "
+                   "else a local Ray started for the command")
+    p.add_argument("--actors", type=int, default=1, metavar="N", help="actors, each with its own engines (default 1)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads of each actor's engine (default: the cluster's CPUs / the actors)")
+    p.add_argument("--backend", default="ort", choices=backend_names("folder"), help="default ort")
+    p.add_argument("--precision", default="fp32", choices=precision_names())
+    p.add_argument("--device", choices=DEVICES,
+                   help="default: cuda for --backend trt, else cpu (cuda: a GPU per actor)")
+    p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
+    p.add_argument("--json", metavar="FILE", help="also write the run's summary (counts, timings, rates) as JSON")
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from rvos_edge.serving.batch import BatchOptions, run_batch
+    options = BatchOptions(artifacts=args.artifacts, backend=args.backend, precision=args.precision,
+                           device=args.device, clip_len=args.clip_len, actors=args.actors, threads=args.threads,
+                           ray_address=args.ray)
+    return run_batch(args.videos, args.out, options, args.json)
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint to demonstrate (default: the shipped demo one)")
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
@@ -628,6 +711,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
               "every backend and precision of a folder against ONNX Runtime FP32 (exit 1 when off)"),
     "triton": (_add_triton, _run_triton,
                "a model repository for NVIDIA Triton Inference Server (the official container)"),
+    "serve": (_add_serve, _run_serve,
+              "a Triton server here (PyTriton, no container): one history per stream, clips batched across streams"),
+    "batch": (_add_batch, _run_batch,
+              "segment a list of videos on Ray (local or a cluster): resumable, an index of done and failed videos"),
     "demo": (_add_demo, _run_demo, "export the shipped demo checkpoint and segment held-out synthetic videos on the CPU"),
 }
 

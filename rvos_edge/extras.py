@@ -19,23 +19,32 @@ from rvos_edge.errors import UserError
 EXTRAS: dict[str, tuple[str, ...]] = {
     # export (torch.onnx's dynamo exporter writes through onnxscript), checkpoints (safetensors), the model
     "torch": ("torch", "onnxscript", "safetensors"),
-    "serve": ("tritonclient",),           # rvos-edge triton (rvos_edge.serving): tritonclient[grpc]
+    # rvos-edge serve: pytriton (nvidia-pytriton, Linux only) and tritonclient[grpc]; rvos-edge triton and
+    # RemoteSegmenter need tritonclient only (they ask for it alone)
+    "serve": ("tritonclient", "pytriton"),
     "openvino": ("openvino",),            # --backend openvino (rvos_edge.engines.openvino)
+    "ray": ("ray", "pyarrow"),            # rvos-edge batch (rvos_edge.serving.batch): ray[data], pyarrow<26
 }
-"""Each extra -> the top-level modules its packages install (as in pyproject.toml's optional-dependencies)."""
+"""Each extra -> the top-level modules its packages install (as in pyproject.toml's optional-dependencies;
+IMPORT_NAMES maps a distribution to its module where the names differ)."""
+IMPORT_NAMES = {"nvidia-pytriton": "pytriton"}
+PINS = ("numpy",)
+"""Base dependencies an extra only narrows (serve: numpy<2 for PyTriton), not packages of its own."""
 
 
-def missing_modules(extra: str) -> list[str]:
-    """The modules of `extra` that cannot be imported here (found without importing them)."""
-    return [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+def missing_modules(extra: str, modules: tuple[str, ...] | None = None) -> list[str]:
+    """The modules of `extra` (or those of them named in `modules`) that cannot be imported here (found
+    without importing them)."""
+    return [name for name in (modules or EXTRAS[extra]) if importlib.util.find_spec(name) is None]
 
 
-def require(extra: str, what: str) -> None:
+def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
     """A UserError naming `extra` and its pip command unless all of its modules are installed.
 
     what: the thing that needs the extra, as the message's subject ("this command", "the torch backend").
+    modules: the extra's modules that `what` needs (default: all of EXTRAS[extra]).
     """
-    missing = missing_modules(extra)
+    missing = missing_modules(extra, modules)
     if missing:
         raise UserError(f"{what} needs the {extra} extra (not installed: {', '.join(missing)}): "
                         f"pip install 'rvos-edge[{extra}]'")

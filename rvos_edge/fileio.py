@@ -21,6 +21,10 @@ a UserError (one line, exit 2) in every command.
   two renames, nothing;
 - refuses an OUT that is a file, or a non-empty folder without `marker` (the file
   every earlier result of the command has), so a folder of other files is never replaced.
+
+`lock_output` (the same lock) and `swap_in` (the same two renames) serve writers of an
+incremental folder, `rvos-edge batch`, which holds the lock over its whole output folder
+and swaps in one finished subfolder at a time.
 """
 from __future__ import annotations
 
@@ -104,7 +108,7 @@ def output_folder(out: str | os.PathLike[str], marker: str) -> Iterator[Path]:
         parent = make_folder(out.parent)
     except UserError as e:
         raise UserError(f"cannot write to output folder {out}: {e}") from None
-    with _lock(out):
+    with lock_output(out):
         _check_replaceable(out, marker)
         _remove_leftovers(parent)
         token = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -125,8 +129,9 @@ def _reason(e: OSError) -> str:
 
 
 @contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """Hold ``.<name>.lock`` beside `out` (flock); a UserError naming the holder's pid when another process has it."""
+def lock_output(out: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside `out` (flock), the lock `output_folder` takes; a UserError naming the
+    holder's pid when another process has it. `rvos-edge batch` holds it over its whole output folder."""
     path = out.parent / f".{out.name}.lock"
     while True:
         try:
@@ -190,6 +195,14 @@ def _remove_leftovers(parent: Path) -> None:
             found = _LEFTOVER.match(entry.name)
             if found and not _pid_running(int(found.group(1))):
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def swap_in(staging: Path, out: Path, aside_dir: Path | None = None) -> None:
+    """Put folder `staging` in place of folder `out` (as `output_folder` does at its end): after a crash
+    `out` holds the previous folder or, between the two renames, nothing. The previous `out` is set
+    aside in `aside_dir` (default: beside `out`, on the same filesystem) and deleted."""
+    aside = (aside_dir or out.parent) / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    _swap_in(staging, out, aside)
 
 
 def _swap_in(staging: Path, out: Path, aside: Path) -> None:

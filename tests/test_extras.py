@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rvos_edge.extras import EXTRAS, missing_modules, require
+from rvos_edge.extras import EXTRAS, IMPORT_NAMES, PINS, missing_modules, require
 
 REPO = Path(__file__).resolve().parents[1]
 HINT = "pip install 'rvos-edge[torch]'"
@@ -127,9 +127,11 @@ def test_an_installed_extra_passes() -> None:
 
 
 def test_the_extras_match_pyproject() -> None:
-    """`require` checks exactly the packages pyproject.toml's extra installs (each imports under its own name)."""
+    """`require` checks exactly the packages pyproject.toml's extra installs (each imports under its own name
+    or the one IMPORT_NAMES gives; PINS only narrow base dependencies)."""
     tomllib = pytest.importorskip("tomllib")          # Python >= 3.11
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for extra, modules in EXTRAS.items():
-        packages = {re.match(r"[A-Za-z0-9_.-]+", requirement).group() for requirement in declared[extra]}
+        names = {re.match(r"[A-Za-z0-9_.-]+", requirement).group() for requirement in declared[extra]}
+        packages = {IMPORT_NAMES.get(name, name) for name in names if name not in PINS}
         assert packages == set(modules), extra

@@ -12,7 +12,7 @@ from pathlib import Path
 from fake_artifacts import make_fake_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH_FREE_PACKAGES = ("rvos_edge.artifacts", "rvos_edge.engines", "rvos_edge.runtime")
+TORCH_FREE_PACKAGES = ("rvos_edge.artifacts", "rvos_edge.engines", "rvos_edge.runtime", "rvos_edge.serving")
 TORCH_ENGINE = "rvos_edge.engines.torch"
 
 
@@ -42,7 +42,7 @@ def torch_free_modules() -> list[str]:
 def test_no_torch_free_module_imports_torch() -> None:
     names = torch_free_modules()
     assert {"rvos_edge.artifacts.manifest", "rvos_edge.engines.ort.runner", "rvos_edge.engines.trt.runner",
-            "rvos_edge.runtime.segmenter"} <= set(names)
+            "rvos_edge.runtime.segmenter", "rvos_edge.serving.server", "rvos_edge.serving.client"} <= set(names)
     # One interpreter imports them one by one: the first whose import brings torch in is named.
     p = _python("import importlib, sys\n"
                 "for name in sys.argv[1:]:\n"

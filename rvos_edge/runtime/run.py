@@ -20,7 +20,9 @@ they are written to a staging folder beside OUT, which replaces OUT, previous re
 and all, when the run ends; a second process asking for the same OUT meanwhile is
 refused, and after a crash OUT holds the previous complete result (or nothing). All
 expressions share one decode of the source; each has its own Segmenter (history,
-text features) over the same loaded engines.
+text features) over the same loaded engines, or with `--server URL` its own stream of
+`rvos-edge serve` (a RemoteSegmenter; summary.json then adds "server", and its engine time
+is the calls' round trips).
 
 Three threads: a background thread decodes the source and prepares each frame for
 the engines (resized to S x S RGB, once for all expressions); the main thread runs
@@ -52,19 +54,20 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import closing
+from contextlib import closing, suppress
+from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rvos_edge.engines import Engines, open_engines
+from rvos_edge.engines import open_engines
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, make_folder, output_folder
-from rvos_edge.runtime.pipeline import PreparedFrame, StageTimes, prepare
+from rvos_edge.runtime.pipeline import PreparedFrame, StageTimes
 from rvos_edge.runtime.segmenter import ExpressionTruncatedWarning, Segmenter, SegmentResult
 from rvos_edge.runtime.video import DecodeError, FrameSource, open_source, prefetch
 
@@ -260,30 +263,34 @@ def _default_out(video: str | None, frames: str | None, camera: int | None) -> P
     return Path("runs") / f"camera{camera}"
 
 
-def _open_segmenters(engines: Engines, expressions: list[str], clip_len: int | None) -> tuple[list[Segmenter], list[bool]]:
-    """One Segmenter per expression; each warning (truncated, unknown words) becomes one stderr line."""
-    segmenters, truncated = [], []
+def open_segmenters(new: Callable[[], Any], expressions: list[str]) -> tuple[list[Any], list[bool], list[str]]:
+    """One segmenter per expression from `new` (a Segmenter over loaded engines, or a RemoteSegmenter
+    with --server): the segmenters, whether each expression was truncated, and the warnings setting
+    them gave (truncated, unknown words), one message each."""
+    segmenters, truncated, messages = [], [], []
     for text in expressions:
-        seg = Segmenter(engines, clip_len)
+        seg = new()
+        segmenters.append(seg)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             seg.set_expression(text)
-        for w in caught:
-            print(f"rvos-edge run: warning: {w.message}", file=sys.stderr)
-        segmenters.append(seg)
+        messages += [str(w.message) for w in caught]
         truncated.append(any(issubclass(w.category, ExpressionTruncatedWarning) for w in caught))
-    return segmenters, truncated
+    return segmenters, truncated, messages
 
 
-def run_command(path: str, *, expressions: list[str], video: str | None = None, frames: str | None = None,
+def run_command(path: str | None, *, expressions: list[str], video: str | None = None, frames: str | None = None,
                 camera: int | None = None, out: str | None = None, backend: str | None = None,
                 precision: str = "fp32", clip_len: int | None = None, max_frames: int | None = None,
-                device: str | None = None, threads: int | None = None) -> int:
+                device: str | None = None, threads: int | None = None,
+                remote: Callable[[], Any] | None = None) -> int:
     """The `run` command; returns the exit code (0, or 130 after Ctrl-C or SIGTERM). Bad input raises
     UserError before anything is written; a source that stops early raises DecodeError once OUT holds
     the outputs of the frames before it.
 
     device: "cpu" or "cuda" (None: the backend's default; see rvos_edge.engines.engine_options).
+    remote: opens one stream of a server (`rvos-edge run --server`: rvos_edge.serving.client's
+    RemoteSegmenter); path and the engine options are then unused, the model is the server's.
     """
     for text in expressions:
         if not text.strip():
@@ -292,17 +299,26 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
         raise UserError(f"--max-frames must be >= 1, got {max_frames}")
     out_dir = Path(out) if out is not None else _default_out(video, frames, camera)
     source = open_source(video=video, frames=frames, camera=camera)
+    segmenters: list[Any] = []
     try:
-        engines = open_engines(path, backend, precision, device=device, threads=threads)
-        segmenters, truncated = _open_segmenters(engines, expressions, clip_len)
+        new = remote
+        if new is None:
+            new = partial(Segmenter, open_engines(path, backend, precision, device=device, threads=threads), clip_len)
+        segmenters, truncated, messages = open_segmenters(new, expressions)
+        for message in messages:
+            print(f"rvos-edge run: warning: {message}", file=sys.stderr)
         with output_folder(out_dir, SUMMARY_NAME) as staging:
-            summary = _loop(source, engines, segmenters, expressions, truncated, staging, max_frames)
+            summary = write_outputs(source, segmenters, expressions, truncated, staging, max_frames)
     finally:
         source.close()
+        for seg in segmenters:
+            if hasattr(seg, "close"):           # a server's stream, forgotten there (else it idles out)
+                with suppress(UserError):
+                    seg.close()
     n = summary["frames"]
     print(f"rvos-edge run: {n} frames x {len(expressions)} expression(s), "
           f"{summary['fps']['end_to_end']:.1f} fps end-to-end ({summary['fps']['engine']:.1f} fps engine), "
-          f"{engines.backend} {engines.precision} -> {out_dir}")
+          f"{summary['backend']} {summary['precision']} -> {out_dir}")
     if "error" in summary:
         raise DecodeError(f"{summary['error']}; the {n} frames before it are kept, see {out_dir / SUMMARY_NAME}")
     if "interrupted" in summary:
@@ -311,23 +327,27 @@ def run_command(path: str, *, expressions: list[str], video: str | None = None, 
     return 0
 
 
-def _prepared(source: FrameSource, image_size: int,
-              times: StageTimes) -> Iterator[tuple[str, np.ndarray, PreparedFrame]]:
-    """(name, BGR frame, the frame prepared for the engines) for each frame of `source`; the
-    preparation's seconds are added to times.resize_s."""
+def _prepared(source: FrameSource, prepare_frame: Callable[[np.ndarray], PreparedFrame] | None,
+              times: StageTimes) -> Iterator[tuple[str, np.ndarray, PreparedFrame | np.ndarray]]:
+    """(name, BGR frame, the frame for `push`) for each frame of `source`: prepared by `prepare_frame`
+    (its seconds added to times.resize_s), or the frame itself when that is None."""
     for name, frame in source:
+        if prepare_frame is None:
+            yield name, frame, frame
+            continue
         t0 = time.perf_counter()
-        prepared = prepare(frame, image_size)
+        prepared = prepare_frame(frame)
         times.resize_s += time.perf_counter() - t0
         yield name, frame, prepared
 
 
-def _frames(source: FrameSource, image_size: int, outputs: _Outputs, max_frames: int | None, stop: _StopRequest,
-            ended: dict[str, Any], times: StageTimes) -> Iterator[PreparedFrame]:
-    """The source's frames in order, each registered with `outputs`, decoded and prepared (resized to
-    image_size, `prepare`, its time added to `times`) ahead on a background thread, until the source
+def _frames(source: FrameSource, prepare_frame: Callable[[np.ndarray], PreparedFrame] | None, outputs: _Outputs,
+            max_frames: int | None, stop: _StopRequest | _NoStop, ended: dict[str, Any],
+            times: StageTimes) -> Iterator[PreparedFrame | np.ndarray]:
+    """The source's frames in order, each registered with `outputs`, decoded and prepared (`prepare_frame`,
+    its time added to `times`) ahead on a background thread, until the source
     ends, `max_frames`, a stop request or a decode failure (then `ended` says where and why)."""
-    frames_iter = prefetch(_prepared(source, image_size, times))      # decode and resize overlap inference
+    frames_iter = prefetch(_prepared(source, prepare_frame, times))   # decode and resize overlap inference
     try:
         while (max_frames is None or outputs.frames < max_frames) and not stop.requested:
             t0 = time.perf_counter()
@@ -348,9 +368,28 @@ def _frames(source: FrameSource, image_size: int, outputs: _Outputs, max_frames:
         frames_iter.close()
 
 
-def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], expressions: list[str],
-          truncated: list[bool], out: Path, max_frames: int | None) -> dict[str, Any]:
-    """Segment the source into folder `out`; returns the summary written there."""
+class _NoStop:
+    """The stop request of a loop that signals do not stop (it runs in a worker: see `write_outputs`)."""
+
+    requested = False
+
+    def __enter__(self) -> "_NoStop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def write_outputs(source: FrameSource, segmenters: list[Any], expressions: list[str],
+                  truncated: list[bool], out: Path, max_frames: int | None, *,
+                  interactive: bool = True) -> dict[str, Any]:
+    """Segment the source into folder `out` (masks, overlay, summary: the module docstring's layout, which
+    `rvos-edge batch` shares); returns the summary written there.
+
+    segmenters and truncated: from `open_segmenters(...)`. interactive: a progress
+    bar on stderr (when it is a terminal) and Ctrl-C/SIGTERM stopping between frames; False for a worker
+    process, whose signals belong to the process that runs it.
+    """
     folders = mask_folders(expressions)
     outputs = _Outputs(out, folders, source.fps or DEFAULT_FPS)
     known = [x for x in (source.length, max_frames) if x is not None]
@@ -358,8 +397,12 @@ def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], ex
     ended: dict[str, Any] = {}
     preparation = StageTimes()
     t_start = time.perf_counter()
-    with (_StopRequest() as stop, tqdm(total=total, unit="frame", desc="run", disable=None, file=sys.stderr) as bar,
-          closing(_frames(source, engines.config.image_size, outputs, max_frames, stop, ended, preparation)) as frames):
+    local = all(isinstance(s, Segmenter) for s in segmenters)
+    one_size = local and len({s.config.image_size for s in segmenters}) == 1
+    prepare_frame = segmenters[0].prepare if one_size else None      # remote ones take the frames as they are
+    with ((_StopRequest() if interactive else _NoStop()) as stop,
+          tqdm(total=total, unit="frame", desc="run", disable=None if interactive else True, file=sys.stderr) as bar,
+          closing(_frames(source, prepare_frame, outputs, max_frames, stop, ended, preparation)) as frames):
         try:
             for frame in frames:
                 for k, seg in enumerate(segmenters):
@@ -376,8 +419,7 @@ def _loop(source: FrameSource, engines: Engines, segmenters: list[Segmenter], ex
     times = sum((s.timings for s in segmenters), preparation)
     ms = {"decode": 1000.0 * outputs.decode_s, **times.ms(), "write": 1000.0 * outputs.write_s}
     summary: dict[str, Any] = {
-        "source": source.description, "artifacts": engines.source, "backend": engines.backend,
-        "precision": engines.precision, "clip_len": segmenters[0].clip_len, "frames": n,
+        "source": source.description, **segmenters[0].describe(), "frames": n,
         "expressions": [{"text": t, "masks": f, "truncated": tr, "nonempty_masks": ne}
                         for t, f, tr, ne in zip(expressions, folders, truncated, outputs.nonempty)],
         "overlay": OVERLAY_NAME if n else None,

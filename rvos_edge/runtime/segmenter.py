@@ -25,6 +25,9 @@ Behaviour (DESIGN.md section 5):
   mask can be True is upsampled (`pipeline.upsampled_mask`).
 - `index` counts the frames pushed since `open` or the last `reset` (from 0);
   `set_expression` does not restart it (same stream, new expression).
+- `push` is `add` (the frame stored; True when the clip is full), then the clip graph on
+  `clip_inputs()` and `take_outputs`. A caller running the clips of several Segmenters in one
+  engine call (rvos_edge.serving.streams) calls those three itself.
 """
 from __future__ import annotations
 
@@ -108,6 +111,12 @@ class Segmenter:
         """The current expression, None before the first `set_expression`."""
         return self._expression
 
+    def describe(self) -> dict[str, Any]:
+        """What runs the clips, as `rvos-edge run`'s summary.json records it: artifacts, backend,
+        precision, clip_len."""
+        e = self.engines
+        return {"artifacts": e.source, "backend": e.backend, "precision": e.precision, "clip_len": self.clip_len}
+
     @property
     def pending(self) -> int:
         """Frames pushed but not yet run (fewer than clip_len)."""
@@ -150,8 +159,20 @@ class Segmenter:
     def push(self, frame: np.ndarray | PreparedFrame) -> list[SegmentResult]:
         """Add one H x W x 3 uint8 BGR frame, or one made ready by `prepare`; returns the clip's
         results when this frame completes it."""
+        return self._run_clip() if self.add(frame) else []
+
+    def add(self, frame: np.ndarray | PreparedFrame) -> bool:
+        """Add one H x W x 3 uint8 BGR frame (or one made ready by `prepare`) without running
+        anything; True when the clip is now full.
+
+        For a caller that batches the clips of several Segmenters (rvos_edge.serving): once it
+        is full, run `clip_inputs()` (with other streams' along the batch axis) and hand this
+        stream's outputs to `take_outputs` before the next `add`. `push` is `add` and that run.
+        """
         if self._text is None:
             raise UserError("no expression set: call set_expression(text) before push(frame)")
+        if len(self._frames) == self.clip_len:
+            raise UserError(f"the clip of {self.clip_len} frames is full: run it (take_outputs) before adding more")
         if isinstance(frame, PreparedFrame):
             s = self.config.image_size
             if frame.rgb.shape != (s, s, 3) or frame.rgb.dtype != np.uint8:
@@ -164,7 +185,7 @@ class Segmenter:
         self._frames.append(frame.rgb)
         self._sizes.append(frame.size)
         self.timings.frames += 1
-        return self._run_clip() if len(self._frames) == self.clip_len else []
+        return len(self._frames) == self.clip_len
 
     def flush(self) -> list[SegmentResult]:
         """Run the pending frames as a clip padded with copies of its last frame; their results (may be empty)."""
@@ -210,15 +231,27 @@ class Segmenter:
 
     def _run_clip(self) -> list[SegmentResult]:
         """Run the pending frames (padded to clip_len) and return one result per real frame."""
-        assert self._text is not None
-        n, tc, m = len(self._frames), self.clip_len, self.config.mask_size
-        frames = np.stack(self._frames + [self._frames[-1]] * (tc - n))[None]           # [1, Tc, S, S, 3]
-        feeds = clip_feeds(frames, self._text.feeds, self._history, self._has_history)
+        feeds = self.clip_inputs()
         t0 = time.perf_counter()
         out = self.engines.clip.run(feeds)
         self.timings.engine_s += time.perf_counter() - t0
+        return self.take_outputs(out["mask_logits"], out["history_out"])
+
+    def clip_inputs(self) -> dict[str, np.ndarray]:
+        """The clip graph's feeds (batch 1, see engines.base.clip_feeds) for the pending frames, the
+        clip padded to clip_len with copies of its last frame; a UserError when nothing is pending."""
+        if self._text is None or not self._frames:
+            raise UserError("no frames pending: push frames before running a clip")
+        n, tc = len(self._frames), self.clip_len
+        frames = np.stack(self._frames + [self._frames[-1]] * (tc - n))[None]           # [1, Tc, S, S, 3]
+        return clip_feeds(frames, self._text.feeds, self._history, self._has_history)
+
+    def take_outputs(self, logits: np.ndarray, history: np.ndarray) -> list[SegmentResult]:
+        """The results of the pending clip from the clip graph's outputs for `clip_inputs()`:
+        mask_logits [1, Tc, 4h, 4w] and history_out [1, m_h, Ce] (the next clip's history).
+        One result per real frame; the pending frames are cleared."""
+        tc, m = self.clip_len, self.config.mask_size
         self.timings.clips += 1
-        logits, history = out["mask_logits"], out["history_out"]
         if logits.shape != (1, tc, m, m) or history.shape != self._history.shape:
             raise UserError(f"{self.engines.source} returned mask_logits {logits.shape} and history_out "
                             f"{history.shape}, expected {(1, tc, m, m)} and {self._history.shape}: re-export it")
@@ -231,7 +264,7 @@ class Segmenter:
             mask, score = upsampled_mask(np.asarray(logits[0, i], np.float32), h, w)
             results.append(SegmentResult(self._next_index + i, mask, score))
         self.timings.upsample_s += time.perf_counter() - t0
-        self._next_index += n
+        self._next_index += len(self._sizes)
         self._frames.clear()
         self._sizes.clear()
         return results

@@ -267,7 +267,7 @@ def _copy(source: Path, target: Path) -> None:
 
 def write_repository(folder: str | Path, out: str | Path, options: RepoOptions = RepoOptions()) -> TritonRepo:
     """Write the model repository of artifact folder `folder` to `out`, as one unit (module docstring)."""
-    require("serve", "rvos-edge triton")
+    require("serve", "rvos-edge triton", modules=("tritonclient",))
     options.check()
     folder, out = Path(folder), Path(out)
     manifest = load_manifest(folder)
