@@ -17,11 +17,13 @@ masks, and J&F against the ground truth (`rvos_edge.calib.report.score`). vit-b1
 weights, so only its mask IoU against FP32 means anything.
 
 Writes benchmarks/results/<machine>/cpu_backends.json and .md (machine as in
-rvos_edge.bench.machine_name), with the CPU flags of /proc/cpuinfo.
+rvos_edge.bench.machine_name), with the CPU flags of /proc/cpuinfo; the models of an earlier
+run that this one does not measure are kept (each model's result has its own environment).
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,8 @@ def heldout_scores(folder: Path, rows: list[dict[str, Any]], videos: int, thread
 def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
     libs = env["libraries"]
-    intro = (f"{env['cpu_model']}, {env['usable_cores']} cores (load average {env['load_average_1m']:.1f} at the "
-             "start; the machine is shared with other work, so the ratios, measured interleaved, are what counts); "
+    intro = (f"{env['cpu_model']}, {env['usable_cores']} cores (shared with other work: the ratios, measured "
+             "interleaved, are what counts; each model's load average at its start is given below); "
              f"CPU flags: {', '.join(result['cpu_flags'])}. ONNX Runtime {libs.get('onnxruntime')}, OpenVINO "
              f"{libs.get('openvino')}, {result['threads']} threads each, batch 1, the clip graph alone "
              "(`rvos-edge bench DIR --backend all`, benchmarks/cpu_backends.py): each setting in its own process "
@@ -84,7 +86,9 @@ def markdown(result: dict[str, Any]) -> str:
              "rule (mask logits of 2 chained clips of synthetic video 0, the precision's tolerance).")
     lines = [f"# Every CPU backend and precision on {result['machine']}", "", intro, ""]
     for m in result["models"].values():
-        lines += [f"## {m['model']['name']} (Tc={m['clip_len']}, {m['clips']} timed clips per setting)", "",
+        title = (f"## {m['model']['name']} (Tc={m['clip_len']}, {m['clips']} timed clips per setting, load average "
+                 f"{m['environment']['load_average_1m']:.1f} at the start, {m['timestamp']})")
+        lines += [title, "",
                   all_markdown_table(m), "", all_summary_line(m) + ".", ""]
         held = [r for r in m["rows"] if "heldout" in r]
         if held:
@@ -122,9 +126,13 @@ def main() -> None:
             heldout_scores(folder, result["rows"], args.videos, args.threads)
         models[model] = result
         print(all_markdown_table(result), all_summary_line(result), sep="\n", flush=True)
+    folder = REPO / "benchmarks" / "results" / machine_name(env)
+    earlier = folder / "cpu_backends.json"
+    if earlier.is_file():                                    # models measured by an earlier run are kept
+        models = {**json.loads(earlier.read_text())["models"], **models}
     result = {"machine": machine_name(env), "environment": env, "cpu_flags": cpu_flags(), "threads": args.threads,
               "models": models}
-    save_results(REPO / "benchmarks" / "results" / result["machine"], "cpu_backends", result, markdown(result))
+    save_results(folder, "cpu_backends", result, markdown(result))
     print(markdown(result))
 
 

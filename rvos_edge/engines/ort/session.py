@@ -10,25 +10,31 @@ intra-op threads (inter-op 1); execution providers are short names ("cpu", "cuda
 import torch.
 
 Memory (issue 21; vit-b16 FP32, Tc=6, 2 threads: the clip graph 418 MB of weights, the text
-encoder 254 MB; peak RSS = VmHWM of a fresh process that opens both and runs clips). With
-ONNX Runtime's defaults a process peaks at 3.67 GB:
+encoder 254 MB; peak RSS = VmHWM of a fresh process that opens both and runs 5-8 clips). With
+ONNX Runtime's defaults a process peaks at 3.64-3.68 GB (three runs):
 - the clip session holds 1.0 GB after creation: the weights as tensors plus the parsed
-  ModelProto and the copies graph optimisation made, which ORT frees but glibc keeps in the
-  heap (a session without optimisations holds 0.5 GB);
+  ModelProto and the copies graph optimisation made, which ORT frees but glibc keeps in its
+  heap (a session without optimisations holds 0.5 GB; malloc_trim returns 450 MB);
 - the first clip allocates 1.45 GB of activations from the CPU arena: the decomposed CF-MSA's
   score tensors alone are 241 MB each ([8, 9, 6, 121, 1210] float32, MatMul -> Where -> Softmax);
-- the second clip allocates the memory pattern ORT planned from the first, one more 1.1 GB
+- the second clip allocates the memory pattern ORT planned from the first as one more 1.1 GB
   block, while the arena keeps the first clip's chunks: 1.1 GB for nothing.
-So a CPU session runs without the memory pattern (`enable_mem_pattern` False; the arena reuses
-its chunks from clip to clip, and tensor reuse is kept) and, after creation, the heap glibc kept
-is handed back (`malloc_trim`, Linux): vit-b16 peaks at 2.34 GB (-36%), clip latency unchanged
-(0.88x-0.93x of the defaults, interleaved, on a shared 2-core Xeon); demo 189 -> 174 MB.
-Measured and not taken: session.disable_prepacking (no memory saved, 1.48x slower), no arena
-(2.61 GB, slower), the arena's kSameAsRequested extension (an env allocator, no gain), shrinking
-the arena after each run (the same peak, the activations re-faulted every clip), saving the
-optimised graph with external data and loading it unoptimised (the same peak: its 498 MB of
-weights are paged in by the first clip). The rest of the peak is the graph's own: weights once
-(0.67 GB with the text encoder) and the activations of one clip.
+So a CPU session runs without the memory pattern (`enable_mem_pattern` False: the arena hands
+its chunks to the next clip; tensor reuse within a clip stays on) and, after creation, the heap
+glibc kept is handed back (`release_freed_heap`, Linux): vit-b16 peaks at 2.34 GB (-36%, the same
+in three runs); demo 189 -> 174 MB. Latency: vit-b16 0.88x and 1.18x of the defaults in two
+interleaved runs of 5-8 clips on a 2-core Xeon shared with other work (load 9-13: noise); demo,
+1 thread, two processes of each kind, 80 clips each interleaved: CPU time per clip 1.007x of the
+defaults (wall 0.95x). The change adds no work to a clip: the arena keeps its chunks, so no page
+is faulted again.
+Measured and not taken: session.disable_prepacking (3.70 GB, 1.48x slower), no arena (2.61 GB
+before the trim, slower), the arena's kSameAsRequested extension through an env allocator
+(2.55 GB with the rest of the fix), shrinking the arena after each run (the same 2.34 GB peak,
+the activations re-faulted every clip), saving the optimised graph with external data and
+loading it unoptimised (the same peak: its 498 MB of weights are paged in by the first clip).
+The 1.5 GB goal is out of reach of session options: the rest of the peak is the graph's own,
+its weights once (0.67 GB with the text encoder) and one clip's activations (1.25 GB even
+with plain malloc), most of them CF-MSA's dense score tensors.
 """
 from __future__ import annotations
 
