@@ -22,11 +22,11 @@ ONNX Runtime's defaults a process peaks at 3.64-3.68 GB (three runs):
 So a CPU session runs without the memory pattern (`enable_mem_pattern` False: the arena hands
 its chunks to the next clip; tensor reuse within a clip stays on) and, after creation, the heap
 glibc kept is handed back (`release_freed_heap`, Linux): vit-b16 peaks at 2.34 GB (-36%, the same
-in three runs); demo 189 -> 174 MB. Latency: vit-b16 0.88x and 1.18x of the defaults in two
-interleaved runs of 5-8 clips on a 2-core Xeon shared with other work (load 9-13: noise); demo,
-1 thread, two processes of each kind, 80 clips each interleaved: CPU time per clip 1.007x of the
-defaults (wall 0.95x). The change adds no work to a clip: the arena keeps its chunks, so no page
-is faulted again.
+in four runs); demo 189 -> 174 MB. Latency, on a 2-core Xeon shared with other work (load 5-13),
+so as CPU time per clip of 1-thread sessions, interleaved: vit-b16 0.82x of the defaults (4 clips
+each; wall 0.78x), demo 1.007x (two processes of each kind, 80 clips each; wall 0.95x); 2-thread
+wall-clock runs of 5-8 vit-b16 clips gave 0.88x and 1.18x, i.e. load noise. The change adds no
+work to a clip: the arena keeps its chunks, so no page is faulted again.
 Measured and not taken: session.disable_prepacking (3.70 GB, 1.48x slower), no arena (2.61 GB
 before the trim, slower), the arena's kSameAsRequested extension through an env allocator
 (2.55 GB with the rest of the fix), shrinking the arena after each run (the same 2.34 GB peak,
