@@ -482,9 +482,12 @@ def _setting_worker(conn: Any, folder: str, backend: str, precision: str, thread
                          "first_result": {"engine_load_ms": 1000.0 * load_s, "text_ms": 1000.0 * text_s,
                                           "first_clip_ms": 1000.0 * first_s,
                                           "first_result_ms": 1000.0 * (load_s + text_s + first_s)}}))
-    while conn.recv() == "clip":
-        conn.send(timed())
-    conn.send(vm_peak_mb())
+    try:
+        while conn.recv() == "clip":
+            conn.send(timed())
+        conn.send(vm_peak_mb())
+    except (EOFError, BrokenPipeError):                  # the parent is gone (interrupted): end quietly
+        return
 
 
 class _Worker:
