@@ -20,8 +20,8 @@ What is measured, in this order, in one process:
    warm-up clip, then the timed frames. A clip's latency is the decode + push
    time of its frames.
 FPS = frames / summed seconds of the timed clips. Percentiles: `percentile`.
-Peak memory: the process's peak resident set (ru_maxrss, everything since start-up,
-so run one configuration per process for comparable numbers) and, on GPU,
+Peak memory: the process's peak resident set (`vm_peak_mb`: VmHWM on Linux, everything since
+start-up, so run one configuration per process for comparable numbers: `--backend all` does) and, on GPU,
 torch.cuda.max_memory_allocated (torch) or the process's used memory from
 nvidia-smi (onnxruntime, TensorRT: their buffers are not freed during the run, so after
 it that is their peak).
@@ -36,6 +36,14 @@ end_to_end (null at batch > 1) {video, width, height, warmup_clips, clips, frame
 latency_ms, latencies_ms, ms_per_frame {decode, resize, engine, upsample}},
 memory {peak_rss_mb, peak_gpu_mb, gpu_memory_source}.
 latency_ms = {n, mean, min, max, p50, p90, p99} in milliseconds per clip.
+
+`run_bench_all` (`rvos-edge bench DIR --backend all`) runs every CPU backend and precision the
+folder has (`cpu_settings`, read from the backend and precision registries) on the same clips, each
+in a process of its own so that its peak RSS is its own, timed interleaved; accuracy is `check`'s
+against ONNX Runtime FP32, and `fastest_within_tolerance` names the fastest setting within the
+precision's tolerance. Its JSON (`ALL_SCHEMA`) holds: schema, timestamp, model, device, threads,
+clip_len, batch, warmup_clips, clips, check {clips, seed, reference}, environment, machine,
+cpu_flags, flops, rows (see `run_bench_all`), fastest {backend, precision, fps, speedup_vs_ort_fp32}.
 """
 from __future__ import annotations
 
@@ -196,6 +204,18 @@ def machine_name(env: dict[str, Any]) -> str:
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10      # bytes on macOS, KiB on Linux
+
+
+def vm_peak_mb() -> float:
+    """This process's own peak resident set in MB: VmHWM of /proc/self/status (Linux; a fresh mm at exec, so
+    nothing of the parent's), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _peak_rss_mb()
 
 
 def _nvidia_smi_process_mb() -> float | None:
@@ -359,7 +379,7 @@ def run_bench(path: str | Path, backend: str | None = None, precision: str = "fp
                    "gflops_per_s": fps * flops.gflops_per_frame,
                    "latency_ms": latency_stats(latencies), "latencies_ms": latencies},
         "end_to_end": end_to_end,
-        "memory": {"peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": peak_gpu, "gpu_memory_source": gpu_source},
+        "memory": {"peak_rss_mb": vm_peak_mb(), "peak_gpu_mb": peak_gpu, "gpu_memory_source": gpu_source},
     }
 
 
@@ -405,3 +425,243 @@ def summary_line(r: dict[str, Any]) -> str:
 def write_json(path: str | Path, obj: Any) -> None:
     """Indented JSON, written atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+# ---------------------------------------------------------------- every CPU backend and precision (--backend all)
+
+ALL_SCHEMA = "rvos-edge-bench-all/1"
+REFERENCE = ("ort", "fp32")           # the setting every ratio and every accuracy is measured against
+
+
+def cpu_settings(folder: str | Path) -> list[tuple[str, str, str | None]]:
+    """(backend, precision, blocker) of every setting `--backend all` considers for `folder`, the reference first.
+
+    The backends are those of the registry (rvos_edge.engines.BACKENDS) that open a folder and run on the CPU;
+    the precisions those of the registry (rvos_edge.artifacts.precision.PRECISIONS) the backend runs and the
+    folder has graphs for. blocker: why this machine cannot run it (`rvos_edge.check.blocker`: the backend's
+    runtime is not installed, the CPU has no BF16), None when it can.
+    """
+    from rvos_edge.artifacts.manifest import load_manifest
+    from rvos_edge.artifacts.precision import PRECISIONS, graph_precision
+    from rvos_edge.check import blocker
+    from rvos_edge.engines import BACKENDS, backend_names
+
+    have = load_manifest(folder).precisions
+    found = [(b, p) for b in backend_names("folder") if "cpu" in BACKENDS[b].devices for p, entry in PRECISIONS.items()
+             if (entry.backends is None or b in entry.backends) and graph_precision(p) in have]
+    found.sort(key=lambda s: s != REFERENCE)
+    return [(b, p, blocker(b, p)) for b, p in found]
+
+
+def _setting_worker(conn: Any, folder: str, backend: str, precision: str, threads: int, clip_len: int | None,
+                    batch: int, check_clips: int, seed: int) -> None:
+    """One setting in its own (spawned) process: open it, report its first result and its logits on `check`'s
+    inputs, then time one clip per "clip" request until "end", answered with its peak RSS."""
+    from rvos_edge.check import check_inputs, run_clips
+    try:
+        t0 = time.perf_counter()
+        engines = open_engines(folder, backend, precision, device="cpu", threads=threads)
+        load_s = time.perf_counter() - t0
+        cfg = engines.config
+        clip_len = engines.resolve_clip_len(clip_len)
+        t0 = time.perf_counter()
+        text = engines.text.run({"tokens": tokenize_for_prompts([EXPRESSION], cfg.language_prompts,
+                                                                cfg.context_length).tokens})
+        text_s = time.perf_counter() - t0
+        feeds = _feeds(engines, text, batch, clip_len)
+        t0 = time.perf_counter()
+        engines.clip.run(feeds)
+        first_s = time.perf_counter() - t0
+        tokens, clips = check_inputs(cfg, clip_len, check_clips, seed)
+        logits = run_clips(engines, tokens, clips)
+        timed = engines.clip.timer(feeds)
+    except (UserError, RuntimeError) as e:
+        conn.send(("error", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
+        return
+    conn.send(("ready", {"config": cfg, "clip_len": clip_len, "timer": engines.clip.timing, "logits": logits,
+                         "first_result": {"engine_load_ms": 1000.0 * load_s, "text_ms": 1000.0 * text_s,
+                                          "first_clip_ms": 1000.0 * first_s,
+                                          "first_result_ms": 1000.0 * (load_s + text_s + first_s)}}))
+    try:
+        while conn.recv() == "clip":
+            conn.send(timed())
+        conn.send(vm_peak_mb())
+    except (EOFError, BrokenPipeError):                  # the parent is gone (interrupted): end quietly
+        return
+
+
+class _Worker:
+    """The parent's end of a `_setting_worker`: a spawned process and its pipe."""
+
+    def __init__(self, folder: Path, backend: str, precision: str, **kwargs: Any) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")        # a fresh interpreter: its peak RSS is its own
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_setting_worker, args=(child, str(folder), backend, precision),
+                                       kwargs=kwargs, daemon=True)
+        self.process.start()
+        child.close()
+
+    def ask(self, request: str | None = None) -> Any:
+        """Send `request` (if any) and return the answer; a UserError when the process died."""
+        try:
+            if request is not None:
+                self.conn.send(request)
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            raise UserError(f"its process died (exit code {self.process.exitcode})") from None
+
+    def close(self) -> None:
+        self.conn.close()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def fastest_within_tolerance(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fastest (highest FPS) row whose accuracy is within `check`'s tolerance (status "ok"); None if none is."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    return max(ok, key=lambda r: r["fps"]) if ok else None
+
+
+def run_bench_all(path: str | Path, clip_len: int | None = None, batch: int = 1, frames: int = 48, warmup: int = 2,
+                  threads: int | None = None, check_clips: int = 2, seed: int = 0,
+                  progress: bool = True) -> dict[str, Any]:
+    """Every CPU backend and precision of the artifact folder `path` on the same clips (`rvos-edge bench DIR
+    --backend all`); returns the JSON dict (ALL_SCHEMA).
+
+    Each setting of `cpu_settings` runs in a process of its own (spawned), so its peak RSS (VmHWM) is its
+    own; they are opened one after the other, then timed interleaved: `warmup` clips of each, then clip 1 of
+    every setting, clip 2 of every setting, ... (ceil(frames / (batch * Tc)) each), so load from elsewhere on
+    the machine hits them alike. Every process stays alive until the end, so the machine needs the sum of
+    their memory. Accuracy is `rvos-edge check`'s: the mask logits of `check_clips` chained clips of synthetic
+    video `seed` against ORT FP32's, judged by each precision's tolerance (rvos_edge.check.compare).
+    A row: backend, precision, status ("ok" within tolerance, "off" outside it, "error" cannot open or run,
+    "skipped" cannot run here), note, fps, speedup_vs_ort_fp32, latency_ms, latencies_ms, first_result,
+    peak_rss_mb, max_abs, mask_iou, tolerance. "fastest": the fastest "ok" row (`fastest_within_tolerance`).
+    """
+    from rvos_edge.artifacts.precision import PRECISIONS
+    from rvos_edge.check import compare
+
+    threads = usable_cores() if threads is None else threads
+    for name, value, low in (("batch", batch, 1), ("frames", frames, 1), ("warmup", warmup, 0), ("threads", threads, 1),
+                             ("check clips", check_clips, 1)):
+        if value < low:
+            raise UserError(f"{name} must be >= {low}, got {value}")
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not an artifact folder: --backend all runs a folder's graphs on every CPU backend "
+                        "(export it first: rvos-edge export CKPT --out DIR)")
+    settings = cpu_settings(path)
+    env = environment()
+    rows: list[dict[str, Any]] = [{"backend": b, "precision": p, "status": "skipped" if why else "pending",
+                                   "note": why or "", "tolerance": str(PRECISIONS[p].tolerance)} for b, p, why in settings]
+    workers: dict[int, _Worker] = {}
+    ready: dict[int, dict[str, Any]] = {}
+    try:
+        with tqdm(total=len(rows), unit="setting", disable=not progress, leave=False,
+                  desc=f"open {path.name} on every CPU backend") as bar:
+            for i, row in enumerate(rows):
+                if row["status"] == "skipped":
+                    bar.update()
+                    continue
+                workers[i] = _Worker(path, row["backend"], row["precision"], threads=threads, clip_len=clip_len,
+                                     batch=batch, check_clips=check_clips, seed=seed)
+                try:
+                    kind, answer = workers[i].ask()
+                except UserError as e:
+                    kind, answer = "error", str(e)
+                if kind == "error":
+                    row.update(status="error", note=answer)
+                    workers.pop(i).close()
+                else:
+                    ready[i] = answer
+                bar.update()
+        if 0 not in ready:
+            raise UserError(f"ONNX Runtime FP32, the reference, cannot run {path}: {rows[0]['note']}")
+        clip_len = ready[0]["clip_len"]
+        clips = math.ceil(frames / (batch * clip_len))
+        latencies: dict[int, list[float]] = {i: [] for i in ready}
+        with tqdm(total=(warmup + clips) * len(ready), unit="clip", disable=not progress, leave=False,
+                  desc=f"bench {ready[0]['config'].name} on every CPU backend Tc={clip_len} B={batch}") as bar:
+            for n in range(warmup + clips):
+                for i in list(workers):
+                    try:
+                        seconds = workers[i].ask("clip")
+                    except UserError as e:
+                        rows[i].update(status="error", note=str(e))
+                        workers.pop(i).close()
+                        ready.pop(i)
+                        continue
+                    if n >= warmup:
+                        latencies[i].append(1000.0 * seconds)
+                    bar.update()
+        for i in list(workers):
+            try:
+                rows[i]["peak_rss_mb"] = workers[i].ask("end")
+            except UserError as e:
+                rows[i].update(status="error", note=str(e))
+                ready.pop(i)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    if 0 not in ready:
+        raise UserError(f"ONNX Runtime FP32, the reference, failed on {path}: {rows[0]['note']}")
+    expected = ready[0]["logits"]
+    for i, info in ready.items():
+        row = rows[i]
+        check = compare(row["backend"], row["precision"], info["logits"], expected)
+        ms = latencies[i]
+        row.update(status=check.status, note=check.note, max_abs=check.max_abs, mask_iou=check.iou,
+                   fps=clips * batch * clip_len / (sum(ms) / 1000.0), latency_ms=latency_stats(ms), latencies_ms=ms,
+                   first_result=info["first_result"], timer=info["timer"])
+    for row in rows:
+        if "fps" in row:
+            row["speedup_vs_ort_fp32"] = row["fps"] / rows[0]["fps"]
+    fastest = fastest_within_tolerance(rows)
+    cfg = ready[0]["config"]
+    flops = count_flops(cfg, clip_len)
+    return {"schema": ALL_SCHEMA, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": {"name": cfg.name, "source": str(path), "image_size": cfg.image_size},
+            "device": "cpu", "threads": threads, "clip_len": clip_len, "batch": batch, "warmup_clips": 1 + warmup,
+            "clips": clips, "check": {"clips": check_clips, "seed": seed, "reference": "ort fp32"},
+            "environment": env, "machine": machine_name(env), "cpu_flags": cpu_flags(),
+            "flops": {"gmacs_per_frame": flops.gmacs_per_frame, "gflops_per_frame": flops.gflops_per_frame},
+            "rows": rows,
+            "fastest": None if fastest is None else {k: fastest[k] for k in ("backend", "precision", "fps",
+                                                                              "speedup_vs_ort_fp32")}}
+
+
+_ALL_COLUMNS = ("backend", "precision", "FPS", "x ORT fp32", "p50 / p99 ms per clip", "first result ms",
+                "peak RSS MB", "max abs err", "mask IoU", "tolerance", "result")
+
+
+def all_markdown_table(result: dict[str, Any]) -> str:
+    """One row per setting of a `run_bench_all` result, the columns of `_ALL_COLUMNS`."""
+    align = "|".join("---" if c in ("backend", "precision", "tolerance", "result") else "---:" for c in _ALL_COLUMNS)
+    lines = ["| " + " | ".join(_ALL_COLUMNS) + f" |\n|{align}|"]
+    for r in result["rows"]:
+        ran = "fps" in r
+        lat = r.get("latency_ms") or {}
+        cells = (r["backend"], r["precision"], _fmt(r.get("fps"), 2), _fmt(r.get("speedup_vs_ort_fp32"), 2),
+                 f"{lat['p50']:.1f} / {lat['p99']:.1f}" if ran else "-",
+                 _fmt(r["first_result"]["first_result_ms"], 0) if ran else "-", _fmt(r.get("peak_rss_mb"), 0),
+                 f"{r['max_abs']:.1e}" if ran else "-", _fmt(r.get("mask_iou"), 4), r["tolerance"],
+                 r["status"] + (f": {r['note']}" if r["note"] else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def all_summary_line(result: dict[str, Any]) -> str:
+    """The last line of `bench --backend all`: the fastest setting within tolerance and its ratio to ORT FP32."""
+    rows, fastest = result["rows"], result["fastest"]
+    ran = sum("fps" in r for r in rows)
+    head = (f"{result['model']['name']} on {ran} CPU settings (threads={result['threads']} Tc={result['clip_len']} "
+            f"B={result['batch']}): ")
+    if fastest is None:
+        return head + "none is within check's tolerance of ONNX Runtime FP32"
+    return head + (f"fastest within check's tolerance: {fastest['backend']} {fastest['precision']}, "
+                   f"{fastest['fps']:.2f} FPS = {fastest['speedup_vs_ort_fp32']:.2f}x ONNX Runtime FP32")

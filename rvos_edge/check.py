@@ -100,7 +100,7 @@ def _candidates(manifest: Any, backends: Sequence[str] | None,
     return [(b, p) for b, p in found if (not backends or b in backends) and (not precisions or p in precisions)]
 
 
-def _blocker(backend: str, precision: str) -> str | None:
+def blocker(backend: str, precision: str) -> str | None:
     """Why this machine cannot run `backend` at `precision` (its runtime is not installed, the CPU has no
     BF16), None when nothing stands in the way."""
     try:
@@ -138,9 +138,9 @@ def check_folder(folder: str | os.PathLike[str], backends: Sequence[str] | None 
     expected = run_clips(reference, tokens, frames)
     rows = []
     for backend, precision in candidates:
-        blocker = _blocker(backend, precision)
-        if blocker is not None:
-            rows.append(CheckRow(backend, precision, "skipped", note=blocker))
+        why = blocker(backend, precision)
+        if why is not None:
+            rows.append(CheckRow(backend, precision, "skipped", note=why))
             continue
         try:
             got = run_clips(open_engines(folder, backend, precision, device=device if backend == "trt" else None,
@@ -148,11 +148,17 @@ def check_folder(folder: str | os.PathLike[str], backends: Sequence[str] | None 
         except (UserError, RuntimeError) as e:
             rows.append(CheckRow(backend, precision, "error", note=str(e).splitlines()[0]))
             continue
-        max_abs = float(np.abs(got - expected).max())
-        iou = mask_iou(got > 0, expected > 0)
-        bad = PRECISIONS[precision].tolerance.failures(max_abs, iou)
-        rows.append(CheckRow(backend, precision, "off" if bad else "ok", max_abs, iou, "; ".join(bad)))
+        rows.append(compare(backend, precision, got, expected))
     return rows
+
+
+def compare(backend: str, precision: str, got: np.ndarray, expected: np.ndarray) -> CheckRow:
+    """The row of `got` against the reference's `expected` mask_logits: max abs error and mask IoU of
+    ``logits > 0``, "ok" when within the precision's tolerance, else "off" (the note says what is outside)."""
+    max_abs = float(np.abs(got - expected).max())
+    iou = mask_iou(got > 0, expected > 0)
+    bad = PRECISIONS[precision].tolerance.failures(max_abs, iou)
+    return CheckRow(backend, precision, "off" if bad else "ok", max_abs, iou, "; ".join(bad))
 
 
 def failed(rows: Sequence[CheckRow]) -> list[CheckRow]:

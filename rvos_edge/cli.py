@@ -308,8 +308,10 @@ def _run_flops(args: argparse.Namespace) -> int:
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="DIR|CKPT", help="artifact folder (ort) or .safetensors checkpoint (torch)")
-    p.add_argument("--backend", choices=backend_names(), help="default: ort for a folder, torch for a checkpoint")
-    p.add_argument("--precision", default="fp32", choices=precision_names())
+    p.add_argument("--backend", choices=(*backend_names(), "all"),
+                   help="default: ort for a folder, torch for a checkpoint; all: every CPU backend and precision of "
+                        "a folder, one table, and the fastest within check's tolerance")
+    p.add_argument("--precision", choices=precision_names(), help="default fp32 (--backend all: every precision)")
     p.add_argument("--clip-len", type=int, metavar="N", help="frames per clip (default: the model's)")
     p.add_argument("--batch", type=int, default=1, metavar="B", help="clips run together (end to end: batch 1 only)")
     p.add_argument("--frames", type=int, default=48, metavar="N", help="frames timed, rounded up to whole clips")
@@ -322,18 +324,28 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from rvos_edge.bench import markdown_table, run_bench, summary_line, write_json
+    from rvos_edge import bench
     from rvos_edge.fileio import atomic_write_bytes
-    result = run_bench(args.path, backend=args.backend, precision=args.precision, clip_len=args.clip_len,
-                       batch=args.batch, frames=args.frames, warmup=args.warmup, threads=args.threads,
-                       device=_device(args), video=args.video)
-    table = markdown_table([result])
+    if args.backend == "all":
+        given = [flag for flag, value in (("--precision", args.precision), ("--video", args.video)) if value]
+        if args.device not in (None, "cpu"):
+            given.append(f"--device {args.device}")
+        if given:
+            raise UserError(f"--backend all runs every CPU backend and precision, engine only: leave out {given[0]}")
+        result = bench.run_bench_all(args.path, clip_len=args.clip_len, batch=args.batch, frames=args.frames,
+                                     warmup=args.warmup, threads=args.threads)
+        table, summary = bench.all_markdown_table(result), bench.all_summary_line(result)
+    else:
+        result = bench.run_bench(args.path, backend=args.backend, precision=args.precision or "fp32",
+                                 clip_len=args.clip_len, batch=args.batch, frames=args.frames, warmup=args.warmup,
+                                 threads=args.threads, device=_device(args), video=args.video)
+        table, summary = bench.markdown_table([result]), bench.summary_line(result)
     print(table)
     if args.json:
-        write_json(args.json, result)
+        bench.write_json(args.json, result)
     if args.markdown:
         atomic_write_bytes(args.markdown, (table + "\n").encode())
-    print(summary_line(result))
+    print(summary)
     return 0
 
 

@@ -1,13 +1,22 @@
-"""`rvos-edge bench`: percentiles on known samples, every documented JSON field, errors, GPU path."""
+"""`rvos-edge bench`: percentiles on known samples, every documented JSON field, errors, GPU path, and
+`--backend all` (one row per installed CPU setting, each in its own process, the fastest within tolerance)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from fake_artifacts import make_fake_artifacts
 
-from rvos_edge.bench import latency_stats, machine_name, markdown_table, percentile
+from rvos_edge.bench import (
+    fastest_within_tolerance,
+    latency_stats,
+    machine_name,
+    markdown_table,
+    percentile,
+    vm_peak_mb,
+)
 from rvos_edge.cli import main
 from rvos_edge.errors import UserError
 
@@ -127,3 +136,68 @@ def test_bench_torch_cuda(tiny_ckpt: Path, tmp_path: Path) -> None:
     d = json.loads(out.read_text())
     _check_fields(d)
     assert "cuda events" in d["engine"]["timer"] and d["memory"]["peak_gpu_mb"] > 0 and d["environment"]["gpu"]
+
+
+def test_fastest_within_tolerance_never_picks_a_row_outside_it() -> None:
+    rows = [{"backend": "ort", "precision": "fp32", "status": "ok", "fps": 10.0},
+            {"backend": "openvino", "precision": "int8", "status": "off", "fps": 90.0},    # fastest, but off
+            {"backend": "openvino", "precision": "bf16", "status": "ok", "fps": 40.0},
+            {"backend": "openvino", "precision": "fp32", "status": "error", "note": "cannot compile"},
+            {"backend": "trt", "precision": "fp16", "status": "skipped", "note": "not installed"}]
+    assert fastest_within_tolerance(rows) is rows[2]
+    rows[2]["status"] = "off"
+    assert fastest_within_tolerance(rows) is rows[0]
+    assert fastest_within_tolerance([r for r in rows if r["status"] != "ok"]) is None
+
+
+def test_bench_all_one_row_per_cpu_setting(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A fake folder with a broken int8 variant (its logits shifted by 3): every installed CPU setting runs in
+    its own process; int8 is off (check's tolerance) and so never named, however fast."""
+    art = make_fake_artifacts(tmp_path / "art", variants={"int8": 3.0})
+    out, md = tmp_path / "all.json", tmp_path / "all.md"
+    assert main(["bench", str(art), "--backend", "all", "--frames", "6", "--warmup", "0", "--threads", "1",
+                 "--json", str(out), "--markdown", str(md)]) == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    d = json.loads(out.read_text())
+    rows = {(r["backend"], r["precision"]): r for r in d["rows"]}
+    expected = [("ort", "fp32"), ("ort", "int8")]
+    if importlib.util.find_spec("openvino") is not None:
+        from rvos_edge.engines.openvino.runner import cpu_capabilities, import_openvino
+        bf16 = "BF16" in cpu_capabilities(import_openvino().Core())
+        expected += [("openvino", "fp32"), ("openvino", "int8"), ("openvino", "bf16")]
+        assert rows[("openvino", "bf16")]["status"] == ("ok" if bf16 else "skipped")
+    assert list(rows) == expected and d["schema"] == "rvos-edge-bench-all/1" and d["clips"] == 2
+    ran = [r for r in d["rows"] if r["status"] != "skipped"]
+    assert rows[("ort", "fp32")]["speedup_vs_ort_fp32"] == 1.0 and rows[("ort", "fp32")]["max_abs"] == 0.0
+    for r in ran:
+        assert r["status"] == ("off" if r["precision"] == "int8" else "ok"), r
+        assert r["latency_ms"]["n"] == 2 and r["speedup_vs_ort_fp32"] == pytest.approx(r["fps"] / rows[("ort", "fp32")]["fps"])
+        # each process's own peak: a fresh interpreter with a few KB of graphs, far below this pytest process's
+        assert 30 < r["peak_rss_mb"] < vm_peak_mb()
+    assert rows[("ort", "int8")]["note"].startswith("mask IoU")
+    best = max((r for r in ran if r["status"] == "ok"), key=lambda r: r["fps"])
+    assert (d["fastest"]["backend"], d["fastest"]["precision"]) == (best["backend"], best["precision"])
+    table = md.read_text().strip().splitlines()
+    assert len(table) == 2 + len(expected) and stdout[:len(table)] == table
+    assert stdout[-1] == (f"tiny on {len(ran)} CPU settings (threads=1 Tc=3 B=1): fastest within check's tolerance: "
+                          f"{best['backend']} {best['precision']}, {best['fps']:.2f} FPS = "
+                          f"{best['speedup_vs_ort_fp32']:.2f}x ONNX Runtime FP32")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--precision", "int8"], "--backend all runs every CPU backend and precision, engine only: leave out --precision"),
+    (["--device", "cuda"], "leave out --device cuda"),
+    (["--frames", "0"], "frames must be >= 1"),
+])
+def test_bench_all_bad_input(extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    art = make_fake_artifacts(tmp_path / "art")
+    assert main(["bench", str(art), "--backend", "all", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_bench_all_needs_a_folder(tiny_ckpt: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", str(tiny_ckpt), "--backend", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "is not an artifact folder: --backend all runs a folder's graphs on every CPU backend" in err
+    assert err.count("\n") == 1
