@@ -9,7 +9,12 @@ intra-op threads (inter-op 1). Idle intra-op threads sleep instead of spinning
 ("session.intra_op.allow_spinning" 0): the clip pipeline's decode, resize and writer
 threads share the cores with them, and on a 2-core machine spinning took their CPU
 (benchmarks/results/intel-xeon-2c/pipeline.md: demo at 854x480, end-to-end / engine
-0.70 -> 0.9x, half the CPU per frame). Execution providers are short names ("cpu", "cuda",
+0.70 -> 0.9x, half the CPU per frame, measured with the machine loaded). The price, on the
+same 2-core Xeon when quiet (`rvos-edge bench`, demo, 2 threads, 240 frames at 854x480, runs
+alternating): the engine alone is 16% slower (146 -> 123 FPS; a bare clip-graph run 1.21x
+slower on demo, 1.43x on tiny) while end to end stays the same (110-111 -> 111-115 FPS): the
+clip-by-clip pipeline leaves the threads idle between runs, where spinning only burns the
+CPU a robot's other processes need. Execution providers are short names ("cpu", "cuda",
 "tensorrt") with the CPU always kept last as the fallback. Importing this module does not
 import torch.
 
