@@ -36,25 +36,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from exported import exported
+
 REPO = Path(__file__).resolve().parents[1]
-DEMO_CHECKPOINT = REPO / "rvos_edge" / "assets" / "demo.safetensors.gz"
 SIZE = (320, 240)
 EXPRESSION = "the yellow square"
 MODES = ("sequential", "batch-1-actor", "batch-2-actors")
-
-
-def export(work: Path, model: str) -> Path:
-    """The artifact folder of `model` under `work` (demo: the shipped checkpoint; else random weights), kept."""
-    folder = work / model
-    if not (folder / "manifest.json").is_file():
-        from rvos_edge.export.onnx_export import export_artifacts
-        checkpoint = DEMO_CHECKPOINT
-        if model != "demo":
-            from rvos_edge.model import build_model, save_checkpoint
-            checkpoint = work / f"{model}.safetensors"
-            save_checkpoint(build_model(model, seed=0), checkpoint)
-        export_artifacts(checkpoint, folder, progress=False)
-    return folder
 
 
 def write_list(work: Path, videos: int, frames: int) -> Path:
@@ -161,7 +148,7 @@ def main() -> None:
 
     from rvos_edge.bench import cpu_flags, environment, machine_name, save_results
     args.work.mkdir(parents=True, exist_ok=True)
-    artifacts = export(args.work, args.model)
+    artifacts = exported(args.work, args.model)
     listing = write_list(args.work, args.videos, args.frames)
     env = environment()
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}

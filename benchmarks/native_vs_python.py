@@ -29,10 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from exported import exported
 from rvos_edge.bench import cpu_flags, environment, machine_name, save_results
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_CHECKPOINT = REPO / "rvos_edge" / "assets" / "demo.safetensors.gz"
 VIDEO_SIZE = (854, 480)
 VIDEO_FRAMES = 300
 EXPRESSION = "the red circle moving right"
@@ -52,20 +52,7 @@ def write_video(path: Path, frames: int) -> None:
 
 def exports(work: Path, models: list[str]) -> dict[str, Path]:
     """An artifact folder per model under `work` (kept between runs)."""
-    from rvos_edge.export.onnx_export import export_artifacts
-    from rvos_edge.model import build_model, save_checkpoint
-
-    folders = {}
-    for model in models:
-        folder = work / model
-        if not (folder / "manifest.json").is_file():
-            checkpoint = DEMO_CHECKPOINT
-            if model != "demo":
-                checkpoint = work / f"{model}.safetensors"
-                save_checkpoint(build_model(model, seed=0), checkpoint)
-            export_artifacts(checkpoint, folder, progress=False)
-        folders[model] = folder
-    return folders
+    return {model: exported(work, model) for model in models}
 
 
 def run_once(command: list[str], out: Path) -> dict[str, float]:

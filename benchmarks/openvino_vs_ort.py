@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from native_vs_python import DEMO_CHECKPOINT
+from exported import exported
 
 from rvos_edge.bench import EXPRESSION, cpu_flags, environment, latency_stats, machine_name, save_results
 from rvos_edge.check import check_inputs, mask_iou, run_clips
@@ -52,16 +52,8 @@ def export(work: Path, model: str, int8: bool) -> Path:
     """The artifact folder of `model` under `work` (exported once), with an INT8 variant when `int8`."""
     from rvos_edge.artifacts.manifest import load_manifest
     from rvos_edge.calib.int8 import calibrate
-    from rvos_edge.export.onnx_export import export_artifacts
-    from rvos_edge.model import build_model, save_checkpoint
 
-    folder = work / model
-    if not (folder / "manifest.json").is_file():
-        checkpoint = DEMO_CHECKPOINT
-        if model != "demo":
-            checkpoint = work / f"{model}.safetensors"
-            save_checkpoint(build_model(model, seed=0), checkpoint)
-        export_artifacts(checkpoint, folder, progress=False)
+    folder = exported(work, model)
     if int8 and "int8" not in load_manifest(folder).precisions:
         print(calibrate(folder, "synthetic:1:8", samples=8, progress=False).summary(), flush=True)
     return folder

@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+from exported import exported
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_CHECKPOINT = REPO / "rvos_edge" / "assets" / "demo.safetensors.gz"
 ENGINE_FRAMES = 96          # at least this many frames and ENGINE_SECONDS in each engine-only block
 ENGINE_SECONDS = 2.0
 VIDEO_FRAMES = 300
@@ -136,19 +136,8 @@ def measure(artifacts: Path, video: Path, threads: int) -> dict[str, Any]:
 def prepare_inputs(work: Path, models: list[str], frames: int) -> tuple[dict[str, Path], dict[str, Path]]:
     """Artifact folders per model and videos per size under `work` (kept between runs)."""
     from rvos_edge.bench import write_synthetic_video
-    from rvos_edge.export.onnx_export import export_artifacts
-    from rvos_edge.model import build_model, save_checkpoint
 
-    folders = {}
-    for model in models:
-        folder = work / model
-        if not (folder / "manifest.json").is_file():
-            checkpoint = DEMO_CHECKPOINT
-            if model != "demo":                            # no trained checkpoint: random weights, same cost
-                checkpoint = work / f"{model}.safetensors"
-                save_checkpoint(build_model(model, seed=0), checkpoint)
-            export_artifacts(checkpoint, folder, progress=False)
-        folders[model] = folder
+    folders = {model: exported(work, model) for model in models}
     videos = {}
     for name, size in SIZES.items():
         videos[name] = work / f"video_{name}_{frames}.mp4"
