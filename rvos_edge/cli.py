@@ -123,6 +123,16 @@ def _model_config(source: str):
     raise UserError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
 
 
+def _add_engine_arguments(p: argparse.ArgumentParser, clip_len_help: str = "frames per clip (default: the model's)") -> None:
+    """The engine options of every command that opens a folder or checkpoint: --backend, --precision, --clip-len,
+    --device, --threads (each read from its registry)."""
+    p.add_argument("--backend", choices=backend_names(), help="default: ort for a folder, torch for a checkpoint")
+    p.add_argument("--precision", default="fp32", choices=precision_names())
+    p.add_argument("--clip-len", metavar="N", type=int, help=clip_len_help)
+    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
+    p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
+
+
 def _add_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", help="tiny, demo, vit-b16 or vit-l14")
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors, or .safetensors.gz compressed)")
@@ -189,13 +199,8 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expr", metavar="TEXT", action="append", required=True,
                    help="referring expression; repeat for several (one decode, a mask folder each)")
     p.add_argument("--out", metavar="OUT", help="output folder (default runs/<source name>)")
-    p.add_argument("--backend", choices=backend_names(),
-                   help="default: ort for a folder, torch for a checkpoint")
-    p.add_argument("--precision", default="fp32", choices=precision_names())
-    p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's, within the engine's range)")
+    _add_engine_arguments(p, "frames per clip (default: the model's, within the engine's range)")
     p.add_argument("--max-frames", metavar="N", type=int, help="stop after N frames")
-    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
-    p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
     p.add_argument("--server", metavar="URL", help="segment on `rvos-edge serve` at grpc://HOST:PORT "
                    "(RemoteSegmenter, one stream per expression) instead of DIR|CKPT here")
 
@@ -261,12 +266,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                         "a Ref-YouTube-VOS / Ref-DAVIS17 folder, or a folder with expressions.json")
     p.add_argument("--split", help="split of a Ref-YouTube-VOS / Ref-DAVIS17 folder (default: its only split)")
     p.add_argument("--limit", "--videos", dest="limit", type=int, metavar="N", help="evaluate the first N expressions")
-    p.add_argument("--backend", choices=backend_names(),
-                   help="default: ort for a folder, torch for a checkpoint")
-    p.add_argument("--precision", default="fp32", choices=precision_names())
-    p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
-    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
-    p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
+    _add_engine_arguments(p)
     p.add_argument("--json", metavar="FILE", help="write scores (overall, per kind, per expression) to FILE")
 
 
@@ -641,11 +641,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
                    help=f"calls batched, and clips of different streams run in one engine call (default {d.max_batch})")
     p.add_argument("--queue-delay", type=float, default=d.queue_delay_ms, metavar="MS",
                    help=f"milliseconds a call waits for others to batch with (default {d.queue_delay_ms:g})")
-    p.add_argument("--backend", choices=backend_names(), help="default: ort for a folder, torch for a checkpoint")
-    p.add_argument("--precision", default="fp32", choices=precision_names())
-    p.add_argument("--clip-len", metavar="N", type=int, help="frames per clip (default: the model's)")
-    p.add_argument("--device", choices=DEVICES, help="default: cuda for --backend trt, else cpu")
-    p.add_argument("--threads", metavar="N", type=int, help="CPU threads of the engine (default: all cores)")
+    _add_engine_arguments(p)
     p.add_argument("--log", metavar="FILE", help="Triton's own log (default: not kept)")
 
 
