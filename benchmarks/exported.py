@@ -12,6 +12,7 @@ def exported(work: Path, model: str) -> Path:
         from rvos_edge.demo import DEMO_CHECKPOINT
         from rvos_edge.export.onnx_export import export_artifacts
         checkpoint = DEMO_CHECKPOINT
+        work.mkdir(parents=True, exist_ok=True)
         if model != "demo":
             from rvos_edge.model import build_model, save_checkpoint
             checkpoint = work / f"{model}.safetensors"

@@ -6,6 +6,8 @@ must match the float64 dense reference at several (B, Tc), none of them the trac
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -67,3 +69,19 @@ def test_jit_trace_inlines_standard_ops():
     args = tuple(torch.randn(1, HEADS, 2 * H * W, D) for _ in range(3)) + (torch.randn(1, HEADS, 2 * M_TMP, D),)
     graph = str(torch.jit.trace(Attention().eval(), args).graph)
     assert "rvos_edge::" not in graph and "aten::softmax" in graph
+
+
+def test_scores_live_one_cube_at_a_time(onnx_path):
+    """Each CF-MSA Softmax scores the queries of one cube in every frame, [B*heads, Tc, m, H*W + Tc*m], with no
+    padding cell (rvos_edge.kernels.decomposed): its m are the cubes' sizes by DESIGN's rule cube(y, x)."""
+    model = onnx.load(str(onnx_path))
+    scores = [node.input[0] for node in model.graph.node if node.op_type == "Softmax"]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(s, onnx.TensorProto.FLOAT, None) for s in scores)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    b, tc = 2, 3
+    qkv = {name: np.zeros((b, HEADS, tc * H * W, D), np.float32) for name in "qkv"}
+    shapes = [s.shape for s in session.run(scores, {**qkv, "p": np.zeros((b, HEADS, tc * M_TMP, D), np.float32)})]
+    cubes = [s for s in shapes if s[0] == b * HEADS]                     # PRTC's softmax is [B, heads, ...]
+    assert all(s[1] == tc and s[3] == H * W + tc * s[2] for s in cubes), cubes
+    sizes = Counter(((y - SHIFT) // MW, (x - SHIFT) // MW) for y in range(H) for x in range(W))
+    assert sorted(s[2] for s in cubes) == sorted(sizes.values())

@@ -1,74 +1,83 @@
 """Cube-frame attention with standard ops only: exportable to ONNX, with a dynamic Tc.
 
-Algorithm (N = Tc*H*W tokens, cube size Mw, shift s, M = Mw*Mw):
-  1. Pad the grid by p = (Mw - s) % Mw rows/columns at the top/left (and enough at the
-     bottom/right) so that every cube, partial ones included, becomes a full Mw x Mw tile;
-     regroup tokens cube-major: [BH, nC, Tc, M, d] ("cube layout").
-  2. Frame block: the queries of cube c in frame t score the H*W keys of frame t.
-  3. Cube block: they score the Tc*M tokens of cube c in all frames, with the keys of their
-     own frame (already in the frame block) and padding set to -inf, so each allowed key
-     is counted once.
-  Both blocks come from one matmul against a per-tile key list [frame t keys | cube c
-  keys] of length L = H*W + Tc*M, so the scores are [BH, nC, Tc, M, L].
-  4. One softmax over L, one matmul with the matching value list, back to (t, y, x)
-     order, padding dropped.
+Algorithm (tokens on a (Tc, H, W) grid, cube size Mw, shift s; DESIGN section 3). The cubes
+are the tiles of `cube_tiles`: rows by columns of `segment_lengths`, border cubes at their
+true, partial size. For each cube c, of m cells, one at a time:
+  1. its queries in every frame, [BH, Tc, m, d], score a key list per query frame t:
+     [the H*W keys of frame t | the Tc*m keys of cube c in all frames], L = H*W + Tc*m
+     (frame block, then cube block);
+  2. in the cube block the keys of the query's own frame, already in the frame block, are
+     -inf, so each allowed key is counted once;
+  3. one softmax over L, one matmul with the matching value list.
+The cubes' outputs are concatenated back into (t, y, x) order.
+
+Why one cube at a time: the scores of a cube, [BH, Tc, m, L] fp32, are freed before the next
+cube's are made, so a layer never holds more than one cube's. vit-b16 (22 x 22 grid, Mw 11,
+a shifted layer has 9 cubes) peaks at the largest cube's 29 MB instead of the 241 MB that
+all cubes padded to Mw x Mw took at once, and no padding cell is scored (484 query cells
+instead of 1089): issue 21's peak RSS, measured in `benchmarks/results/intel-xeon-2c/memory.md`.
+The graph has one small subgraph per cube (at most 9 for every preset).
+
 H, W, Mw and s are Python ints (they fix the graph); Tc is only ever read from tensor
 shapes, so torch.export / ONNX keep it symbolic.
 """
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from rvos_edge.geometry import cube_offset, segment_lengths
+from rvos_edge.geometry import segment_lengths
+
+Tile = tuple[slice, slice]
 
 
-def to_cubes(x: Tensor, h: int, w: int, cube: int, shift: int) -> Tensor:
-    """[BH, Tc*H*W, d] -> [BH, nC, Tc, Mw*Mw, d], cube-major, padding positions zero."""
-    bh, d = x.shape[0], x.shape[-1]
-    p = cube_offset(cube, shift)
-    ny, nx = len(segment_lengths(h, cube, shift)), len(segment_lengths(w, cube, shift))
-    x = F.pad(x.reshape(bh, -1, h, w, d), (0, 0, p, nx * cube - w - p, p, ny * cube - h - p))
-    x = x.reshape(bh, -1, ny, cube, nx, cube, d).permute(0, 2, 4, 1, 3, 5, 6)
-    return x.reshape(bh, ny * nx, -1, cube * cube, d)
+def _segments(length: int, cube: int, shift: int) -> list[slice]:
+    """The cube segments of one grid axis as slices, in order."""
+    edges = list(accumulate(segment_lengths(length, cube, shift), initial=0))
+    return [slice(a, b) for a, b in zip(edges, edges[1:])]
 
 
-def from_cubes(x: Tensor, h: int, w: int, cube: int, shift: int) -> Tensor:
-    """Inverse of `to_cubes`: [BH, nC, Tc, Mw*Mw, d] -> [BH, Tc*H*W, d]."""
-    bh, d = x.shape[0], x.shape[-1]
-    p = cube_offset(cube, shift)
-    ny, nx = len(segment_lengths(h, cube, shift)), len(segment_lengths(w, cube, shift))
-    x = x.reshape(bh, ny, nx, -1, cube, cube, d).permute(0, 3, 1, 4, 2, 5, 6)
-    x = x.reshape(bh, -1, ny * cube, nx * cube, d)[:, :, p:p + h, p:p + w]
-    return x.reshape(bh, -1, d)
+def cube_tiles(h: int, w: int, cube: int, shift: int) -> list[list[Tile]]:
+    """The cubes of an H x W grid as (rows, columns) slices, one list per row of cubes."""
+    columns = _segments(w, cube, shift)
+    return [[(rows, cols) for cols in columns] for rows in _segments(h, cube, shift)]
 
 
-def _keys(x: Tensor, h: int, w: int, cube: int, shift: int) -> Tensor:
-    """[BH, Tc*H*W, d] -> [BH, nC, Tc, H*W + Tc*M, d]: for the query tile (cube c, frame t)
-    the H*W tokens of frame t, then the Tc*M tokens of cube c in all frames (steps 2, 3)."""
-    frame = x.reshape(x.shape[0], 1, -1, h * w, x.shape[-1])                        # [BH, 1, Tc, HW, d]
-    cubes = to_cubes(x, h, w, cube, shift).flatten(2, 3).unsqueeze(2)             # [BH, nC, 1, Tc*M, d]
-    return torch.cat([frame.expand(-1, cubes.shape[1], -1, -1, -1), cubes.expand(-1, -1, frame.shape[2], -1, -1)], 3)
+def _untile(parts: list[list[Tensor]]) -> Tensor:
+    """Per-cube tensors [..., my, mx, c] laid out as `cube_tiles` -> the grid [..., H, W, c]."""
+    return torch.cat([torch.cat(row, dim=-2) for row in parts], dim=-3)
 
 
-def _allowed(tc: int | torch.SymInt, h: int, w: int, cube: int, shift: int, device: torch.device) -> Tensor:
-    """Bool [nC, Tc, 1, H*W + Tc*M] over the `_keys` axis: the frame block is all allowed; in
-    the cube block, keys of the query's own frame (already in the frame block) and padding are not."""
+def _grid(x: Tensor, h: int, w: int) -> Tensor:
+    """[B, heads, Tc*H*W, d] -> [B*heads, Tc, H, W, d]."""
+    return x.reshape(x.shape[0] * x.shape[1], -1, h, w, x.shape[-1])
+
+
+def _key_list(frame: Tensor, cube: Tensor) -> Tensor:
+    """Frame keys [BH, Tc, H*W, d] and one cube's keys [BH, Tc, my, mx, d] -> the key list of
+    that cube's queries in each frame, [BH, Tc, H*W + Tc*m, d] (step 1)."""
+    tc = frame.shape[1]
+    return torch.cat([frame, cube.reshape(cube.shape[0], 1, -1, cube.shape[-1]).expand(-1, tc, -1, -1)], dim=2)
+
+
+def _allowed(tc: int | torch.SymInt, hw: int, m: int, device: torch.device) -> Tensor:
+    """Bool [Tc, 1, H*W + Tc*m] over `_key_list`'s axis for queries of frame t (the first axis):
+    the frame block is all allowed; in the cube block the keys of frame t are not (step 2)."""
     t = torch.arange(tc, device=device)
-    real = to_cubes(torch.ones(1, h * w, 1, device=device), h, w, cube, shift)[0, :, 0, :, 0] > 0    # [nC, M]
-    cubes = (t[:, None, None] != t[None, :, None]) & real[:, None, None, :]                      # [nC, Tc, Tc, M]
-    frame = torch.ones(1, 1, h * w, dtype=torch.bool, device=device).expand(cubes.shape[0], tc, -1)
-    return torch.cat([frame, cubes.flatten(-2)], dim=-1)[:, :, None, :]
+    others = (t[:, None, None] != t[None, :, None]).expand(-1, -1, m).reshape(tc, 1, -1)
+    return torch.cat([torch.ones(tc, 1, hw, dtype=torch.bool, device=device), others], dim=-1)
 
 
-def _probabilities(qc: Tensor, kk: Tensor, allowed: Tensor, with_lse: bool) -> tuple[Tensor, Tensor | None]:
-    """Softmax over the allowed keys of `qc @ kk^T` (step 4), fp32, and optionally its logsumexp.
+def _probabilities(q: Tensor, keys: Tensor, allowed: Tensor, with_lse: bool) -> tuple[Tensor, Tensor | None]:
+    """Softmax over the allowed keys of `q @ keys^T` (step 3), fp32: q [BH, Tc, m, d], keys
+    [BH, Tc, L, d] -> P [BH, Tc, m, L], and optionally its logsumexp [BH, Tc, m].
 
     The logsumexp comes without another exp pass: P = exp(S - lse) at the largest score
     gives lse = max(S) - log(max(P)), with max(P) >= 1/L.
     """
-    s = (qc @ kk.transpose(-1, -2)).float().masked_fill_(~allowed, float("-inf"))  # [BH, nC, Tc, M, L]
+    s = (q @ keys.transpose(-1, -2)).float().masked_fill_(~allowed, float("-inf"))
     p = torch.softmax(s, dim=-1)
     return p, (s.amax(dim=-1) - p.amax(dim=-1).log() if with_lse else None)
 
@@ -81,21 +90,22 @@ def decomposed_attention(q: Tensor, k: Tensor, v: Tensor, h: int, w: int, cube: 
     The normalisation is a plain Softmax node, the form ONNX/TensorRT attention fusions
     recognise.
     """
-    qc = to_cubes(q.flatten(0, 1), h, w, cube, shift) * scale                     # [BH, nC, Tc, M, d]
-    kk, vv = (_keys(x.flatten(0, 1), h, w, cube, shift) for x in (k, v))
-    p, lse = _probabilities(qc, kk, _allowed(qc.shape[2], h, w, cube, shift, q.device), with_lse)
-    out = from_cubes(p.to(v.dtype) @ vv, h, w, cube, shift).reshape(q.shape)
-    if with_lse:
-        lse = from_cubes(lse[..., None], h, w, cube, shift).reshape(q.shape[:-1])
-    return out, lse
-
-
-def _keys_grad(dkk: Tensor, h: int, w: int, cube: int, shift: int) -> Tensor:
-    """Adjoint of `_keys`: [BH, nC, Tc, H*W + Tc*M, d] -> [BH, Tc*H*W, d], summing the frame
-    block over the cubes and the cube block over the query frames."""
-    frame = dkk[:, :, :, :h * w].sum(1).flatten(1, 2)
-    cubes = dkk[:, :, :, h * w:].sum(2).unflatten(2, (-1, cube * cube))
-    return frame + from_cubes(cubes, h, w, cube, shift)
+    qg, kg, vg = _grid(q * scale, h, w), _grid(k, h, w), _grid(v, h, w)          # [BH, Tc, H, W, d]
+    frame_k, frame_v = kg.flatten(2, 3), vg.flatten(2, 3)                        # [BH, Tc, HW, d]
+    outs, lses = [], []
+    for row in cube_tiles(h, w, cube, shift):
+        outs.append([]), lses.append([])
+        for ys, xs in row:
+            qc = qg[:, :, ys, xs]                                                # [BH, Tc, my, mx, d]
+            m = qc.shape[2] * qc.shape[3]
+            p, lse = _probabilities(qc.flatten(2, 3), _key_list(frame_k, kg[:, :, ys, xs]),
+                                    _allowed(qc.shape[1], h * w, m, q.device), with_lse)
+            out = p.to(v.dtype) @ _key_list(frame_v, vg[:, :, ys, xs])          # [BH, Tc, m, d]
+            outs[-1].append(out.unflatten(2, qc.shape[2:4]))
+            if with_lse:
+                lses[-1].append(lse.unflatten(2, qc.shape[2:4])[..., None])
+    out = _untile(outs).reshape(q.shape)
+    return out, (_untile(lses).reshape(q.shape[:-1]) if with_lse else None)
 
 
 def decomposed_attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
@@ -103,18 +113,31 @@ def decomposed_attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
                                   scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv) of `decomposed_attention`, all [B, heads, Tc*H*W, d], fp32 math.
 
-    Recomputes P in the cube layout, then with delta = rowsum(dO * O):
-      dS = P * (dO V^T - delta),  dQ = dS K * scale,  dK = dS^T Q * scale,  dV = P^T dO,
-    and `_keys_grad` brings dK, dV back from the per-tile key lists. Padding rows carry
-    dO = 0, hence dS = 0.
+    Per cube, P is recomputed and with delta = rowsum(dO * O):
+      dS = P * (dO V^T - delta),  dQ = dS K * scale,  dK = dS^T Q * scale,  dV = P^T dO
+    against the cube's key and value lists. A list's frame block goes back to the frame keys
+    (summed over the cubes), its cube block to the cube's cells (summed over the query frames).
     """
-    qc = to_cubes(q.flatten(0, 1).float(), h, w, cube, shift) * scale
-    kk, vv = (_keys(x.flatten(0, 1).float(), h, w, cube, shift) for x in (k, v))
-    p, _ = _probabilities(qc, kk, _allowed(qc.shape[2], h, w, cube, shift, q.device), with_lse=False)
-    g = to_cubes(grad.flatten(0, 1).float(), h, w, cube, shift)                      # [BH, nC, Tc, M, d]
-    delta = to_cubes((grad.float() * out.float()).sum(-1, keepdim=True).flatten(0, 1), h, w, cube, shift)
-    ds = p * (g @ vv.transpose(-1, -2) - delta)
-    dq = from_cubes(ds @ kk, h, w, cube, shift) * scale
-    dk = _keys_grad(ds.transpose(-1, -2) @ qc, h, w, cube, shift)
-    dv = _keys_grad(p.transpose(-1, -2) @ g, h, w, cube, shift)
-    return dq.reshape(q.shape).to(q.dtype), dk.reshape(k.shape).to(k.dtype), dv.reshape(v.shape).to(v.dtype)
+    qg, kg, vg, gg = (_grid(x.float(), h, w) for x in (q * scale, k, v, grad))
+    delta = _grid((grad.float() * out.float()).sum(-1, keepdim=True), h, w)      # [BH, Tc, H, W, 1]
+    frame_k, frame_v = kg.flatten(2, 3), vg.flatten(2, 3)
+    hw = h * w
+    dq, dk_cube, dv_cube = [], [], []
+    dk_frame, dv_frame = torch.zeros_like(frame_k), torch.zeros_like(frame_v)
+    for row in cube_tiles(h, w, cube, shift):
+        dq.append([]), dk_cube.append([]), dv_cube.append([])
+        for ys, xs in row:
+            qc, g, dl = (x[:, :, ys, xs].flatten(2, 3) for x in (qg, gg, delta))   # [BH, Tc, m, d | 1]
+            cells = qg[:, :, ys, xs].shape[1:4]                                      # (Tc, my, mx)
+            keys, values = _key_list(frame_k, kg[:, :, ys, xs]), _key_list(frame_v, vg[:, :, ys, xs])
+            p, _ = _probabilities(qc, keys, _allowed(qc.shape[1], hw, qc.shape[2], q.device), with_lse=False)
+            ds = p * (g @ values.transpose(-1, -2) - dl)                               # [BH, Tc, m, L]
+            dkeys, dvalues = ds.transpose(-1, -2) @ qc, p.transpose(-1, -2) @ g       # [BH, Tc, L, d]
+            dq[-1].append((ds @ keys).unflatten(2, cells[1:]) * scale)
+            dk_frame += dkeys[:, :, :hw]
+            dv_frame += dvalues[:, :, :hw]
+            dk_cube[-1].append(dkeys[:, :, hw:].sum(1).unflatten(1, cells))
+            dv_cube[-1].append(dvalues[:, :, hw:].sum(1).unflatten(1, cells))
+    dk = dk_frame.reshape(kg.shape) + _untile(dk_cube)
+    dv = dv_frame.reshape(vg.shape) + _untile(dv_cube)
+    return _untile(dq).reshape(q.shape).to(q.dtype), dk.reshape(k.shape).to(k.dtype), dv.reshape(v.shape).to(v.dtype)
