@@ -2,11 +2,13 @@
 
     nice .venv/bin/python benchmarks/nncf_vs_ort.py                                  # demo, 40 timed clips
     nice .venv/bin/python benchmarks/nncf_vs_ort.py --models demo vit-b16 --clips 40 8
+    nice .venv/bin/python benchmarks/nncf_vs_ort.py --samples 64                     # demo, "demo-64clips"
 
 Per model, the export (benchmarks/exported.py: demo from the shipped checkpoint, other presets
-from random weights, seed 0; kept under --work) is copied to <model>-ort and <model>-nncf, and
-each copy is calibrated as `rvos-edge calib DIR --data synthetic:1:8 --samples 8 --quantizer Q`
-(the calibration of benchmarks/cpu_backends.py; same data, seed, method and exclusions), timed.
+from random weights, seed 0; kept under --work) is copied to <model>-<N>-ort and <model>-<N>-nncf,
+and each copy is calibrated as `rvos-edge calib DIR --data synthetic:1:N --samples N --quantizer Q`
+(N = --samples, default 8: the calibration of benchmarks/cpu_backends.py; same data, seed, method
+and exclusions), timed (the time includes the statistics both take for the TensorRT caches).
 
 Settings: ORT fp32 (the reference) and, for each quantizer, ORT int8 and OpenVINO int8 (the same
 Q/DQ graph read by both), --threads each, batch 1, the model's clip length, the clip graph alone.
@@ -19,7 +21,7 @@ against ORT fp32's masks, J&F against the ground truth; `rvos_edge.calib.report.
 
 Writes benchmarks/results/<machine>/nncf_vs_ort.json and .md (machine as in
 rvos_edge.bench.machine_name), with the CPU flags of /proc/cpuinfo; models measured by an earlier
-run and not by this one are kept.
+run and not by this one are kept (results are named by the model, "<model>-<N>clips" for N != 8).
 """
 from __future__ import annotations
 
@@ -42,22 +44,23 @@ from rvos_edge.engines import Engines, open_engines
 
 REPO = Path(__file__).resolve().parents[1]
 QUANTIZERS = ("ort", "nncf")
-DATA, SAMPLES = "synthetic:1:8", 8
+SAMPLES = 8
 WARMUP = 2
 
 
-def calibrated(work: Path, model: str, quantizer: str) -> tuple[Path, float | None]:
-    """work/<model>-<quantizer>: the export with the int8 variant of `quantizer`, and the seconds calibration took
-    (None when an earlier run left the folder calibrated)."""
+def calibrated(work: Path, model: str, quantizer: str, samples: int) -> tuple[Path, float | None]:
+    """work/<model>-<samples>-<quantizer>: the export with the int8 variant of `quantizer` from `samples` clips of
+    synthetic:1:<samples>, and the seconds calibration took (None when an earlier run left the folder calibrated)."""
     from rvos_edge.calib.int8 import calibrate
 
-    folder = work / f"{model}-{quantizer}"
+    folder = work / f"{model}-{samples}-{quantizer}"
     if folder.is_dir() and "int8" in load_manifest(folder).precisions:
         return folder, None
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(exported(work, model), folder)
     t0 = time.perf_counter()
-    print(calibrate(folder, DATA, samples=SAMPLES, quantizer=quantizer, progress=False).summary(), flush=True)
+    print(calibrate(folder, f"synthetic:1:{samples}", samples=samples, quantizer=quantizer, progress=False).summary(),
+          flush=True)
     return folder, time.perf_counter() - t0
 
 
@@ -81,11 +84,11 @@ def heldout(engines: dict[tuple[str, str], Engines], videos: int) -> dict[tuple[
     return {s: {"videos": videos, **score(m, masks["fp32", "ort"], samples)} for s, m in masks.items()}
 
 
-def measure(work: Path, model: str, clips: int, threads: int, videos: int) -> dict[str, Any]:
+def measure(work: Path, model: str, samples: int, clips: int, threads: int, videos: int) -> dict[str, Any]:
     """Calibration, speed and accuracy of every setting of `model` (see the module docstring)."""
     folders, seconds = {}, {}
     for q in QUANTIZERS:
-        folders[q], seconds[q] = calibrated(work, model, q)
+        folders[q], seconds[q] = calibrated(work, model, q, samples)
     engines = {s: open_engines(folder, s[1], "fp32" if s[0] == "fp32" else "int8", threads=threads)
                for s, folder in settings(folders).items()}
     reference = engines["fp32", "ort"]
@@ -115,7 +118,8 @@ def measure(work: Path, model: str, clips: int, threads: int, videos: int) -> di
                      **({"heldout": held[s]} if s in held else {})})
     for r in rows:
         r["speedup_vs_ort_fp32"] = r["fps"] / rows[0]["fps"]
-    return {"preset": model, "clip_len": clip_len, "clips": clips, "calibration_data": DATA, "samples": SAMPLES,
+    return {"preset": model, "clip_len": clip_len, "clips": clips, "calibration_data": f"synthetic:1:{samples}",
+            "samples": samples,
             "calibration": {q: load_manifest(f).calibration for q, f in folders.items()},
             "calibration_s": seconds, "rows": rows}
 
@@ -136,7 +140,7 @@ def markdown(result: dict[str, Any]) -> str:
              "over 2 chained clips of synthetic video 0 (`check`'s rule, int8 tolerance mask IoU >= 0.95).", ""]
     for m in result["models"].values():
         tools = ", ".join(f"{q}: {c['tool']} ({_seconds(m['calibration_s'][q])})" for q, c in m["calibration"].items())
-        lines += [f"## {m['preset']} (Tc={m['clip_len']}, {m['clips']} timed clips per setting, load average "
+        lines += [f"## {m['preset']}, {m['samples']}-clip calibration (Tc={m['clip_len']}, {m['clips']} timed clips per setting, load average "
                   f"{m['environment']['load_average_1m']:.1f} at the start, {m['timestamp']})", "",
                   f"Calibration `{m['calibration_data']}`, {m['samples']} clips, the default exclusions; {tools}.", "",
                   "| quantizer | backend | precision | FPS | x ORT fp32 | p50 ms | p90 ms | max abs err | mask IoU "
@@ -167,6 +171,7 @@ def main() -> None:
     parser.add_argument("--clips", nargs="+", type=int, default=[40], help="timed clips per setting, per model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--videos", type=int, default=4, help="held-out synthetic videos scored (demo)")
+    parser.add_argument("--samples", type=int, default=SAMPLES, help="calibration clips (default 8)")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "nncf_vs_ort")
     args = parser.parse_args()
     clips = args.clips + [args.clips[-1]] * (len(args.models) - len(args.clips))
@@ -175,10 +180,11 @@ def main() -> None:
     models = {}
     for model, n in zip(args.models, clips):
         model_env = environment()
-        models[model] = {**measure(args.work, model, n, args.threads, args.videos), "environment": model_env,
-                         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        print(f"{model}: " + ", ".join(f"{r['quantizer'] or 'fp32'} {r['backend']} {r['fps']:.2f} FPS IoU "
-                                       f"{r['mask_iou_vs_ort_fp32']:.3f}" for r in models[model]["rows"]), flush=True)
+        key = model if args.samples == SAMPLES else f"{model}-{args.samples}clips"
+        models[key] = {**measure(args.work, model, args.samples, n, args.threads, args.videos),
+                       "environment": model_env, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        print(f"{key}: " + ", ".join(f"{r['quantizer'] or 'fp32'} {r['backend']} {r['fps']:.2f} FPS IoU "
+                                     f"{r['mask_iou_vs_ort_fp32']:.3f}" for r in models[key]["rows"]), flush=True)
     folder = REPO / "benchmarks" / "results" / machine_name(env)
     earlier = folder / "nncf_vs_ort.json"
     if earlier.is_file():                                    # models measured by an earlier run are kept

@@ -513,7 +513,8 @@ def _add_calib(p: argparse.ArgumentParser) -> None:
                         "(e.g. 'text_encoder/*' 'clip_model/prtc/*'; see --list-nodes); none: quantize all")
     p.add_argument("--quantizer", default="auto", choices=QUANTIZERS,
                    help="Q/DQ writer: NVIDIA ModelOpt when installed (auto), onnxruntime.quantization (ort), "
-                        "or OpenVINO's NNCF (nncf, the nncf extra)")
+                        "or OpenVINO's NNCF (nncf, the nncf extra; it sets its own ranges, --method then only "
+                        "shapes the TensorRT caches)")
     p.add_argument("--trt-version", default="10.3.0", metavar="X.Y.Z",
                    help="TensorRT version that will read the calibration cache (default 10.3.0)")
     p.add_argument("--report", metavar="FILE.json",
