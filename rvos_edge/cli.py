@@ -499,6 +499,7 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _add_calib(p: argparse.ArgumentParser) -> None:
+    from rvos_edge.calib.int8 import QUANTIZERS
     p.add_argument("path", metavar="DIR", help="artifact folder from `rvos-edge export` (FP32 graphs)")
     p.add_argument("--data", metavar="DATA", help="calibration data: synthetic:SEED:COUNT, a Ref-YouTube-VOS / "
                    "Ref-DAVIS17 folder, or a folder with expressions.json")
@@ -510,8 +511,10 @@ def _add_calib(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", nargs="*", action="extend", metavar="PATTERN",
                    help="fnmatch patterns of node paths kept in float, replacing the default '*/model.head.out/*' "
                         "(e.g. 'text_encoder/*' 'clip_model/prtc/*'; see --list-nodes); none: quantize all")
-    p.add_argument("--quantizer", default="auto", choices=("auto", "ort", "modelopt"),
-                   help="Q/DQ writer: NVIDIA ModelOpt when installed (auto), or onnxruntime.quantization")
+    p.add_argument("--quantizer", default="auto", choices=QUANTIZERS,
+                   help="Q/DQ writer: NVIDIA ModelOpt when installed (auto), onnxruntime.quantization (ort), "
+                        "or OpenVINO's NNCF (nncf, the nncf extra; it sets its own ranges, --method then only "
+                        "shapes the TensorRT caches)")
     p.add_argument("--trt-version", default="10.3.0", metavar="X.Y.Z",
                    help="TensorRT version that will read the calibration cache (default 10.3.0)")
     p.add_argument("--report", metavar="FILE.json",

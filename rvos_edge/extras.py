@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     # RemoteSegmenter need tritonclient only (they ask for it alone)
     "serve": ("tritonclient", "pytriton"),
     "openvino": ("openvino",),            # --backend openvino (rvos_edge.engines.openvino)
+    "nncf": ("nncf",),                    # rvos-edge calib --quantizer nncf (rvos_edge.calib.int8)
     "ray": ("ray", "pyarrow"),            # rvos-edge batch (rvos_edge.serving.batch): ray[data], pyarrow<26
 }
 """Each extra -> the top-level modules its packages install (as in pyproject.toml's optional-dependencies;

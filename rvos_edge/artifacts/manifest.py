@@ -15,7 +15,7 @@ An artifact folder written by ``rvos-edge export`` holds ``text_encoder.onnx``,
      "variants": {"fp16": {"text_encoder": "text_encoder.fp16.onnx", "clip_model": "clip_model.fp16.onnx"},
                   "int8": {"text_encoder": "text_encoder.int8.onnx", "clip_model": "clip_model.int8.onnx"}},
      "calibration": {"method": "entropy", "samples": 64, "seed": 0, "data": "synthetic:1:64",   # optional
-                     "exclude": ["*/model.head.out/*"], "tool": "onnxruntime.quantization 1.31.0",
+                     "exclude": ["*/model.head.out/*"], "quantizer": "ort", "tool": "onnxruntime.quantization 1.31.0",
                      "cache": {"text_encoder": "text_encoder.calib.cache", "clip_model": "clip_model.calib.cache"}},
      "tensorrt": {"plugin": {...}, "engines": {"fp16": {...}}},   # optional, see rvos_edge.engines.trt.plan
      "tokenizer_vocab_sha256": "<sha256 hex>",
@@ -25,7 +25,8 @@ An artifact folder written by ``rvos-edge export`` holds ``text_encoder.onnx``,
 Variants (written by `rvos_edge.calib`) may name a base file when a graph is
 left unchanged (an int8 variant whose text encoder is excluded from INT8 names
 ``text_encoder.onnx``). "calibration" is present once INT8 graphs were
-calibrated: how (method, samples, seed, data, exclusion patterns, quantizer)
+calibrated: how (method, samples, seed, data, exclusion patterns, quantizer: ort, modelopt or nncf, and the
+tool with its version)
 and "cache", the TensorRT implicit-INT8 calibration cache of each quantized
 graph; folders without it (older exports) load as before. "tensorrt" is present
 once the folder holds TensorRT material: "plugin", the clip graph whose CF-MSA

@@ -17,19 +17,38 @@ Steps (`calibrate`):
      calibrates by itself on the same batches (methods entropy and max), is given
      the quantized nodes as ``nodes_to_quantize`` and keeps the rest FP32. This
      branch is not exercised by the tests (ModelOpt is not installed where they run);
-   - otherwise with onnxruntime.quantization (QDQ format): INT8 symmetric
-     activations per tensor with the amax of `method`, INT8 symmetric weights per
-     output channel, biases left in float, no Q/DQ on the outputs of the
-     quantized ops (TensorRT's recommendation). Nodes that are not quantized get
+   - with onnxruntime.quantization (QDQ format) when `quantizer` is "ort", or "auto"
+     without ModelOpt: INT8 symmetric activations per tensor with the amax of `method`,
+     INT8 symmetric weights per output channel, biases left in float, no Q/DQ on the
+     outputs of the quantized ops (TensorRT's recommendation). Nodes that are not quantized get
      their float inputs back (`strip_unquantized`), so an excluded node never
      touches a Q/DQ pair even when it shares a tensor or a weight with a quantized one;
+   - with OpenVINO's NNCF when `quantizer` is "nncf" (the nncf extra; "auto" never picks it):
+     ``nncf.quantize`` on its ONNX backend, ONNX in and Q/DQ ONNX out, so ONNX Runtime, OpenVINO and
+     TensorRT read the variant as they read the others. NNCF calibrates by itself on the same batches
+     (subset_size: all of them) with its own ranges, so `method` only shapes the TensorRT caches:
+     weights symmetric INT8 per output channel (min/max), activations per tensor, asymmetric (the
+     MIXED preset of ``ModelType.TRANSFORMER``), from the mean over batches of their min and max.
+     NNCF places the pairs itself (on the producer side of a Reshape / Transpose / Slice in front of
+     a quantized node, on a Resize's input, on the token embedding's weights) and corrects biases
+     for the quantization error (fast bias correction). Its IgnoredScope (node names) holds the
+     excluded nodes and the products of two activations (`activation_products`), so it quantizes
+     the same MatMul / Conv nodes as the others, and `strip_unquantized` follows as above.
+     SmoothQuant is off: with NNCF 3.4's default for MatMuls (alpha 0.95) demo's mask IoU against
+     FP32 on 8 held-out clips fell from 0.98 to 0.93 (measured; without bias correction: 0.97).
+     NNCF imports torch when it is installed, and runs without it. Against onnxruntime.quantization
+     (benchmarks/nncf_vs_ort.py, Intel Xeon with AVX-512 VNNI and AMX): better on vit-b16 (random
+     weights, 8 clips: mask IoU vs FP32 0.936 against 0.885, as fast on OpenVINO, 15% faster on
+     ORT), not on demo (held-out mask IoU 0.953 against 0.972 with 64 clips, 8-13% slower), so it
+     is an option, not the default;
 5. ``<graph>.calib.cache``: the TensorRT calibration cache from the same statistics
-   (scale = amax / 127, `stats.write_trt_cache`) for each quantized graph; it
-   covers every calibrated tensor, attention products' inputs included (in
-   implicit mode TensorRT chooses which layers run in INT8);
+   (scale = amax / 127, `stats.write_trt_cache`) for each quantized graph, whatever the quantizer
+   (ModelOpt's and NNCF's own ranges stay in their Q/DQ graphs); it covers every calibrated tensor,
+   attention products' inputs included (in implicit mode TensorRT chooses which layers run in INT8);
 6. the manifest: variant "int8" (a graph with nothing to quantize, e.g. an
    excluded text encoder, names its FP32 file) and "calibration" (method, samples,
-   seed, data, exclude patterns, quantizer, TensorRT version, caches).
+   seed, data, exclude patterns, "quantizer" (ort, modelopt or nncf), "tool" (its name and
+   version, e.g. "nncf 3.4.0"), TensorRT version, caches).
 
 Quantized nodes: every `quantizable_nodes` node of both graphs (Conv,
 ConvTranspose, and MatMul / Gemm with a weight operand) whose path (see
@@ -43,14 +62,19 @@ DEFAULT_EXCLUDE keeps the head's last conv (the logits) in float; add
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import os
 import re
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -66,10 +90,14 @@ from rvos_edge.data import open_dataset
 from rvos_edge.engines import open_engines
 from rvos_edge.engines.ort.session import ort_session
 from rvos_edge.errors import UserError
+from rvos_edge.extras import require
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 DEFAULT_EXCLUDE = ("*/model.head.out/*",)
-QUANTIZERS = ("auto", "ort", "modelopt")
+QUANTIZERS = ("auto", "ort", "modelopt", "nncf")
+_TOOLS = {"ort": ("onnxruntime.quantization", "onnxruntime"), "modelopt": ("modelopt", "nvidia-modelopt"),
+          "nncf": ("nncf", "nncf")}
+"""Each resolved quantizer -> its name in the manifest's "tool" and the distribution whose version follows."""
 _PASS_THROUGH = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Where", "Slice", "Concat",
                            "Expand", "Split", "Cast"})
 
@@ -114,13 +142,15 @@ def modelopt_available() -> bool:
 
 
 def resolve_quantizer(quantizer: str) -> str:
-    """"ort" or "modelopt" for `quantizer` ("auto": ModelOpt when installed)."""
+    """"ort", "modelopt" or "nncf" for `quantizer` ("auto": ModelOpt when installed, never NNCF)."""
     if quantizer not in QUANTIZERS:
         raise UserError(f"unknown quantizer {quantizer!r} (choose from {', '.join(QUANTIZERS)})")
     if quantizer == "auto":
         return "modelopt" if modelopt_available() else "ort"
     if quantizer == "modelopt" and not modelopt_available():
         raise UserError("NVIDIA ModelOpt is not installed (pip install nvidia-modelopt[onnx]); use --quantizer ort")
+    if quantizer == "nncf":
+        require("nncf", "--quantizer nncf")
     return quantizer
 
 
@@ -287,6 +317,67 @@ def quantize_modelopt(folded: onnx.ModelProto, batches: Sequence[dict[str, np.nd
         return onnx.load(str(dst))
 
 
+def activation_products(model: onnx.ModelProto) -> list[str]:
+    """QUANT_OPS nodes of the folded `model` that `quantizable_nodes` leaves out: products of two activations
+    (attention's QK^T and AV)."""
+    weighted = set(quantizable_nodes(model))
+    return [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.name not in weighted]
+
+
+@contextlib.contextmanager
+def _quiet_nncf(progress: bool) -> Iterator[None]:
+    """NNCF's INFO log off and its progress bars (rich, on stdout) on stderr, or nowhere without `progress`,
+    so stdout keeps the command's one summary line; numpy warnings of its statistics are silenced."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def quantize_nncf(folded: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]], ignored: Iterable[str],
+                  progress: bool = False) -> onnx.ModelProto:
+    """Q/DQ with OpenVINO's NNCF on its ONNX backend (see the module docstring); it calibrates on `batches`
+    itself and never touches the `ignored` nodes, which `quantize_calibrated` makes the excluded ones and the
+    products of two activations."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    ignored = set(ignored)
+    model = onnx.ModelProto()
+    model.CopyFrom(folded)
+    others = {n.name for n in model.graph.node} - ignored
+    _own_weights(model, others)
+    inputs = [i.name for i in model.graph.input]
+    dataset = nncf.Dataset(batches, lambda feeds: {name: feeds[name] for name in inputs})
+    with _quiet_nncf(progress):
+        out = nncf.quantize(model, dataset, subset_size=len(batches), model_type=nncf.ModelType.TRANSFORMER,
+                            ignored_scope=nncf.IgnoredScope(names=sorted(ignored)),
+                            advanced_parameters=AdvancedQuantizationParameters(
+                                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)))
+    return strip_unquantized(out, others)
+
+
+def quantize_calibrated(tool: str, graph: GraphCalibration, amax: dict[str, float],
+                        batches: Sequence[dict[str, np.ndarray]], method: str, progress: bool) -> onnx.ModelProto:
+    """The Q/DQ model of one calibrated graph by `tool` ("ort", "modelopt" or "nncf")."""
+    if tool == "ort":
+        return quantize_ort(graph.folded, amax, graph.quantized)
+    if tool == "modelopt":
+        return quantize_modelopt(graph.folded, batches, method, graph.quantized)
+    return quantize_nncf(graph.folded, batches, graph.excluded + activation_products(graph.folded), progress)
+
+
+def tool_name(tool: str) -> str:
+    """The manifest's "tool" of quantizer `tool`: its name and its distribution's version."""
+    label, distribution = _TOOLS[tool]
+    return f"{label} {metadata.version(distribution)}"
+
+
 def calibrate(directory: str | os.PathLike[str], data: str, method: str = "entropy", samples: int = 64,
               seed: int = 0, exclude: Sequence[str] | None = None, split: str | None = None,
               quantizer: str = "auto", trt_version: str = DEFAULT_TRT_VERSION, clips_per_video: int = 4,
@@ -325,17 +416,14 @@ def calibrate(directory: str | os.PathLike[str], data: str, method: str = "entro
         if not g.quantized:
             files[name] = manifest.graph_files()[name]
             continue
-        model = (quantize_ort(folded[name], amax[name], g.quantized) if tool == "ort"
-                 else quantize_modelopt(folded[name], batches[name], method, g.quantized))
+        model = quantize_calibrated(tool, g, amax[name], batches[name], method, progress)
         files[name] = variant_file(name, "int8")
         caches[name] = f"{name}.calib.cache"
         save_graph(model, directory / files[name])
         write_trt_cache(directory / caches[name], amax[name], trt_version)
         written += [files[name], caches[name]]
-    version = metadata.version("nvidia-modelopt" if tool == "modelopt" else "onnxruntime")
     calibration = {"method": method, "samples": len(calib.clip), "seed": seed, "data": data,
                    **({"split": split} if split else {}), "exclude": exclude,
-                   "tool": f"{'modelopt' if tool == 'modelopt' else 'onnxruntime.quantization'} {version}",
-                   "trt_version": trt_version, "cache": caches}
+                   "quantizer": tool, "tool": tool_name(tool), "trt_version": trt_version, "cache": caches}
     manifest = add_variant(directory, manifest, "int8", files, written, calibration=calibration)
     return CalibrationResult(manifest, graphs, amax, tool, calib, str(directory))

@@ -15,7 +15,8 @@ one expression over one whole video at a time (as `rvos-edge eval` does):
 - the sweep (needs the `CalibrationResult`): the quantizable nodes of one group
   at a time (`rvos_edge.calib.graph.GROUPS`, exclusions still applied) are
   quantized with onnxruntime.quantization from the calibration's statistics, the
-  rest stays FP32. A group is recommended for exclusion when its mask IoU against
+  rest stays FP32 (whichever quantizer wrote the int8 variant: the sweep ranks the
+  groups by sensitivity, the rows above measure the variant itself). A group is recommended for exclusion when its mask IoU against
   FP32 is below `min_iou` or it costs more than `max_drop` J&F points; the
   recommendation is given as ``--exclude`` patterns;
 - speed (`time_clip_graphs`): the clip graph of each precision on the same input,
