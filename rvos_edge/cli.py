@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Callable, Iterator, Sequence
 
-from rvos_edge.artifacts.precision import check_backend, get_precision, precision_names
+from rvos_edge.artifacts.precision import CALIBRATION_METHODS, QUANTIZERS, check_backend, get_precision, precision_names
 from rvos_edge.engines import DEVICES, backend_names, default_device
 from rvos_edge.errors import UserError
 from rvos_edge.extras import require
@@ -440,7 +440,7 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", required=True, choices=precision_names())
     p.add_argument("--calib", metavar="DATA", help="int8: calibration data (as `rvos-edge calib --data`)")
     p.add_argument("--samples", type=int, default=64, metavar="N", help="int8: calibration clips (default 64)")
-    p.add_argument("--method", default="entropy", choices=("entropy", "minmax", "percentile"),
+    p.add_argument("--method", default="entropy", choices=CALIBRATION_METHODS,
                    help="int8: how activation ranges are chosen (default entropy)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads of ONNX Runtime (default: all cores)")
     p.add_argument("--workspace", type=float, metavar="GB",
@@ -499,12 +499,11 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _add_calib(p: argparse.ArgumentParser) -> None:
-    from rvos_edge.calib.int8 import QUANTIZERS
     p.add_argument("path", metavar="DIR", help="artifact folder from `rvos-edge export` (FP32 graphs)")
     p.add_argument("--data", metavar="DATA", help="calibration data: synthetic:SEED:COUNT, a Ref-YouTube-VOS / "
                    "Ref-DAVIS17 folder, or a folder with expressions.json")
     p.add_argument("--split", help="split of a Ref-YouTube-VOS / Ref-DAVIS17 folder")
-    p.add_argument("--method", default="entropy", choices=("entropy", "minmax", "percentile"),
+    p.add_argument("--method", default="entropy", choices=CALIBRATION_METHODS,
                    help="activation ranges: KL-divergence (default), max |x|, or the 99.99th percentile of |x|")
     p.add_argument("--samples", type=int, default=64, metavar="N", help="calibration clips (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice of videos")

@@ -75,6 +75,13 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("bf16", "hint", Tolerance(min_iou=0.97), 0.2, backends=("openvino",)),
 )}
 
+# How the int8 variant is made (`rvos-edge calib`), as its manifest entry "calibration" records it:
+# the activation-range methods of rvos_edge.calib.stats and the Q/DQ writers of rvos_edge.calib.int8
+# ("auto": NVIDIA ModelOpt when installed, else onnxruntime.quantization). Kept here, beside the
+# precisions, so the CLI reads them without importing calib.
+CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
+QUANTIZERS = ("auto", "ort", "modelopt", "nncf")
+
 
 def precision_names() -> tuple[str, ...]:
     """Every precision, the reference first (the choices of every --precision)."""

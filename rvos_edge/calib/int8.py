@@ -82,10 +82,11 @@ from onnx import helper
 from tqdm import tqdm
 
 from rvos_edge.artifacts.manifest import CLIP_MODEL, GRAPH_NAMES, Manifest
+from rvos_edge.artifacts.precision import CALIBRATION_METHODS, QUANTIZERS
 from rvos_edge.calib.artifacts import add_variant, open_folder, save_graph, variant_file
 from rvos_edge.calib.data import CalibrationData, calibration_data
 from rvos_edge.calib.graph import fold_constants, matching, node_paths
-from rvos_edge.calib.stats import DEFAULT_TRT_VERSION, METHODS, ActivationStats, write_trt_cache
+from rvos_edge.calib.stats import DEFAULT_TRT_VERSION, ActivationStats, write_trt_cache
 from rvos_edge.data import open_dataset
 from rvos_edge.engines import open_engines
 from rvos_edge.engines.ort.session import ort_session
@@ -94,7 +95,6 @@ from rvos_edge.extras import require
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 DEFAULT_EXCLUDE = ("*/model.head.out/*",)
-QUANTIZERS = ("auto", "ort", "modelopt", "nncf")
 _TOOLS = {"ort": ("onnxruntime.quantization", "onnxruntime"), "modelopt": ("modelopt", "nvidia-modelopt"),
           "nncf": ("nncf", "nncf")}
 """Each resolved quantizer -> its name in the manifest's "tool" and the distribution whose version follows."""
@@ -387,8 +387,8 @@ def calibrate(directory: str | os.PathLike[str], data: str, method: str = "entro
     exclude: fnmatch patterns of node paths kept in float (None: DEFAULT_EXCLUDE; [] quantizes every
     quantizable node); a pattern that matches no quantizable node is a UserError (a typo would quantize it).
     """
-    if method not in METHODS:
-        raise UserError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    if method not in CALIBRATION_METHODS:
+        raise UserError(f"unknown calibration method {method!r} (choose from {', '.join(CALIBRATION_METHODS)})")
     tool = resolve_quantizer(quantizer)
     exclude = list(DEFAULT_EXCLUDE if exclude is None else exclude)
     directory = Path(directory)

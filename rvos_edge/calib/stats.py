@@ -40,10 +40,10 @@ import re
 import numpy as np
 
 from rvos_edge.artifacts.calib_cache import trt_version_number
+from rvos_edge.artifacts.precision import CALIBRATION_METHODS
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes
 
-METHODS = ("entropy", "minmax", "percentile")
 BINS = 2048
 QUANT_LEVELS = 128
 ENTROPY_STRIDE = 4
@@ -93,8 +93,8 @@ class ActivationStats:
 
     def amax(self, method: str = "entropy", percentile: float = 99.99) -> dict[str, float]:
         """{tensor name: amax} by `method` (entropy, minmax, percentile); never below MIN_AMAX."""
-        if method not in METHODS:
-            raise UserError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+        if method not in CALIBRATION_METHODS:
+            raise UserError(f"unknown calibration method {method!r} (choose from {', '.join(CALIBRATION_METHODS)})")
         if not 0 < percentile <= 100:
             raise UserError(f"percentile must be in (0, 100], got {percentile}")
         out = {}
