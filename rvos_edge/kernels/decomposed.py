@@ -13,9 +13,10 @@ The cubes' outputs are concatenated back into (t, y, x) order.
 
 Why one cube at a time: the scores of a cube, [BH, Tc, m, L] fp32, are freed before the next
 cube's are made, so a layer never holds more than one cube's. vit-b16 (22 x 22 grid, Mw 11,
-a shifted layer has 9 cubes) peaks at the largest cube's 29 MB instead of the 241 MB that
+a shifted layer has 9 cubes) holds the largest cube's 28 MB instead of the 241 MB that
 all cubes padded to Mw x Mw took at once, and no padding cell is scored (484 query cells
-instead of 1089): issue 21's peak RSS, measured in `benchmarks/results/intel-xeon-2c/memory.md`.
+instead of 1089): a vit-b16 FP32 process on ONNX Runtime peaks at 1.44 GB instead of 2.35 GB
+(benchmarks/results/intel-xeon-2c/memory_ort_fp32.md).
 The graph has one small subgraph per cube (at most 9 for every preset).
 
 H, W, Mw and s are Python ints (they fix the graph); Tc is only ever read from tensor

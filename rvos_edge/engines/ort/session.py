@@ -41,9 +41,11 @@ before the trim, slower), the arena's kSameAsRequested extension through an env 
 (2.55 GB with the rest of the fix), shrinking the arena after each run (the same 2.34 GB peak,
 the activations re-faulted every clip), saving the optimised graph with external data and
 loading it unoptimised (the same peak: its 498 MB of weights are paged in by the first clip).
-The 1.5 GB goal is out of reach of session options: the rest of the peak is the graph's own,
-its weights once (0.67 GB with the text encoder) and one clip's activations (1.25 GB even
-with plain malloc), most of them CF-MSA's dense score tensors.
+The rest of that peak was the graph's own: the weights once (0.67 GB with the text encoder)
+and one clip's activations (1.25 GB even with plain malloc), most of them CF-MSA's dense score
+tensors. The export now scores one cube at a time without padding (rvos_edge/kernels/decomposed.py):
+vit-b16 FP32 peaks at 1.44 GB with these options, and its clips are no slower
+(benchmarks/results/intel-xeon-2c/memory_ort_fp32.md).
 """
 from __future__ import annotations
 
