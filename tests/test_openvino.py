@@ -32,11 +32,11 @@ needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not in
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def art(tmp_path_factory: pytest.TempPathFactory, tiny_export: Path) -> Path:
     """A tiny export with an INT8 (Q/DQ) variant, no OpenVINO cache yet."""
     from rvos_edge.calib.int8 import calibrate
 
-    folder = export_tiny(tmp_path_factory.mktemp("openvino"))
+    folder = export_tiny(tmp_path_factory.mktemp("openvino"), tiny_export)
     calibrate(folder, "synthetic:3:2", method="minmax", samples=2, quantizer="ort", progress=False)
     return folder
 
