@@ -39,7 +39,7 @@ from rvos_edge.bench import EXPRESSION, cpu_flags, environment, latency_stats, m
 from rvos_edge.check import check_inputs, mask_iou, run_clips
 from rvos_edge.engines import Engines, open_engines
 from rvos_edge.engines.base import clip_feeds, empty_history
-from rvos_edge.engines.openvino.runner import CACHE_FOLDER, cpu_capabilities, import_openvino
+from rvos_edge.engines.openvino.runner import CACHE_FOLDER, cpu_capabilities, shared_core
 from rvos_edge.tokenizer import tokenize_for_prompts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def settings_for(folder: Path) -> list[tuple[str, str]]:
     from rvos_edge.artifacts.manifest import load_manifest
 
     precisions = load_manifest(folder).precisions
-    has_bf16 = "BF16" in cpu_capabilities(import_openvino().Core())
+    has_bf16 = "BF16" in cpu_capabilities(shared_core())
     return [(b, p) for b, p in SETTINGS if (p != "int8" or "int8" in precisions) and (p != "bf16" or has_bf16)]
 
 
@@ -188,7 +188,7 @@ def main() -> None:
         print(f"{model}: " + ", ".join(f"{r['backend']} {r['precision']} {r['fps']:.1f} FPS"
                                        for r in models[model]["rows"]), flush=True)
     result = {"machine": machine_name(env), "environment": env, "cpu_flags": cpu_flags(),
-              "openvino_capabilities": list(cpu_capabilities(import_openvino().Core())), "threads": args.threads,
+              "openvino_capabilities": list(cpu_capabilities(shared_core())), "threads": args.threads,
               "models": models}
     save_results(REPO / "benchmarks" / "results" / result["machine"], "openvino_vs_ort", result, markdown(result))
     print(markdown(result))

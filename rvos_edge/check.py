@@ -109,7 +109,7 @@ def blocker(backend: str, precision: str) -> str | None:
             trt_backend.import_tensorrt()
         elif backend == "openvino":
             from rvos_edge.engines.openvino import runner as openvino_backend
-            core = openvino_backend.import_openvino().Core()
+            core = openvino_backend.shared_core()
             if precision == "bf16":
                 openvino_backend.check_bf16(core)
     except UserError as e:

@@ -163,8 +163,8 @@ def test_bench_all_one_row_per_cpu_setting(tmp_path: Path, capsys: pytest.Captur
     # every CPU backend of the registry has a row; one this machine cannot run is "skipped" with its reason
     expected = [("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "int8"), ("openvino", "bf16")]
     if importlib.util.find_spec("openvino") is not None:
-        from rvos_edge.engines.openvino.runner import cpu_capabilities, import_openvino
-        bf16 = "BF16" in cpu_capabilities(import_openvino().Core())
+        from rvos_edge.engines.openvino.runner import cpu_capabilities, shared_core
+        bf16 = "BF16" in cpu_capabilities(shared_core())
         assert rows[("openvino", "bf16")]["status"] == ("ok" if bf16 else "skipped")
     else:
         assert all(rows[("openvino", p)]["status"] == "skipped" for p in ("fp32", "int8", "bf16"))

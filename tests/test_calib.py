@@ -36,8 +36,8 @@ EXCLUDE = ["*/model.head.out/*", "clip_model/prtc/*"]
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_tiny(tmp_path_factory.mktemp("calib"))
+def art(tmp_path_factory: pytest.TempPathFactory, tiny_export: Path) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("calib"), tiny_export)
 
 
 def _copy(art: Path, tmp: Path, name: str) -> Path:

@@ -81,8 +81,8 @@ def test_plain_install_has_no_torch(plain_venv: Path, tmp_path: Path) -> None:
     assert p.returncode == 1 and "No module named 'torch'" in p.stderr, p.stderr
 
 
-def test_plain_install_runs_an_artifact_folder(plain_venv: Path, tmp_path: Path) -> None:
-    art = export_tiny(tmp_path)
+def test_plain_install_runs_an_artifact_folder(plain_venv: Path, tmp_path: Path, tiny_export: Path) -> None:
+    art = export_tiny(tmp_path, tiny_export)
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
     for i in range(FRAMES):

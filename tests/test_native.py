@@ -75,8 +75,8 @@ def lib() -> ctypes.CDLL:
 
 
 @pytest.fixture(scope="module")
-def tiny_art(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_tiny(tmp_path_factory.mktemp("native"))
+def tiny_art(tmp_path_factory: pytest.TempPathFactory, tiny_export: Path) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("native"), tiny_export)
 
 
 def _take(lib: ctypes.CDLL, results: ctypes.c_void_p) -> list[tuple[int, np.ndarray, float]]:

@@ -20,23 +20,24 @@ from rvos_edge.artifacts.precision import PRECISIONS
 from rvos_edge.check import check_folder, check_inputs, mask_iou, run_clips
 from rvos_edge.cli import main
 from rvos_edge.engines import Engines, open_engines
-from rvos_edge.engines.openvino.runner import CACHE_FOLDER, check_bf16, cpu_capabilities, import_openvino
+from rvos_edge.engines.openvino.runner import (CACHE_FOLDER, check_bf16, cpu_capabilities, import_openvino,
+                                               shared_core)
 from rvos_edge.engines.trt.plan import ArtifactSet, TrtVersion, plan_build
 from rvos_edge.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-HAS_BF16 = HAS_OPENVINO and "BF16" in cpu_capabilities(import_openvino().Core())
+HAS_BF16 = HAS_OPENVINO and "BF16" in cpu_capabilities(shared_core())
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed (pip install "
                                                              "'rvos-edge[openvino]')")
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def art(tmp_path_factory: pytest.TempPathFactory, tiny_export: Path) -> Path:
     """A tiny export with an INT8 (Q/DQ) variant, no OpenVINO cache yet."""
     from rvos_edge.calib.int8 import calibrate
 
-    folder = export_tiny(tmp_path_factory.mktemp("openvino"))
+    folder = export_tiny(tmp_path_factory.mktemp("openvino"), tiny_export)
     calibrate(folder, "synthetic:3:2", method="minmax", samples=2, quantizer="ort", progress=False)
     return folder
 
@@ -134,6 +135,26 @@ def test_the_cache_is_written_then_reused(art: Path, tmp_path: Path) -> None:
     p = _python(_OPEN_TWICE, str(folder))
     assert p.stdout.splitlines() == ["True True 1", "True True 1", "True True 2"]
     assert sorted((folder / CACHE_FOLDER).rglob("*.blob")) == blobs and [b.stat().st_mtime_ns for b in blobs] == stamps
+
+
+_SIGNAL_AFTER_CLOSE = """
+import signal, subprocess
+from rvos_edge.engines import open_engines
+signal.signal(signal.SIGCHLD, lambda *_: None)      # a Python handler (SA_ONSTACK), as torch's DataLoader leaves
+first = open_engines(sys.argv[1], "openvino", "fp32", threads=1)
+second = open_engines(sys.argv[1], "openvino", "int8", threads=1)
+del first, second                                   # closed in the order they were opened
+subprocess.run(["true"], check=True)                # its exit: a SIGCHLD for the main thread
+print("delivered")
+"""
+
+
+@needs_openvino
+def test_a_signal_after_engines_are_closed_is_delivered(art: Path) -> None:
+    """A Core per open once left the main thread on an unmapped sigaltstack (runner.shared_core): this
+    child then died of SIGSEGV at the SIGCHLD, as pytest did."""
+    p = _python(_SIGNAL_AFTER_CLOSE, str(art))
+    assert (p.returncode, p.stdout) == (0, "delivered\n"), (p.returncode, p.stderr)
 
 
 @needs_openvino

@@ -22,8 +22,8 @@ FP32_KEPT = {"LayerNormalization", "Softmax", "InstanceNormalization", "ReduceSu
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_tiny(tmp_path_factory.mktemp("fp16"))
+def art(tmp_path_factory: pytest.TempPathFactory, tiny_export: Path) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("fp16"), tiny_export)
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:

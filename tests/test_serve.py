@@ -44,8 +44,8 @@ MAX_STREAMS = 10
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_tiny(tmp_path_factory.mktemp("serve"))
+def art(tmp_path_factory: pytest.TempPathFactory, tiny_export: Path) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("serve"), tiny_export)
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,15 @@ graphs) and compiles each with:
   precision: OpenVINO 2026.4's cache key leaves INFERENCE_PRECISION_HINT out, so a bf16
   open would load an f32 blob compiled into the same folder (and run it as NaN).
 
+Every open, check and capability query goes through one ov.Core per process (`shared_core`),
+never a Core of its own: see `shared_core` for the segmentation fault that several Cores caused.
+
 openvino (the [openvino] extra) is imported when a folder is opened, so importing this
 module needs neither openvino nor torch; without openvino, opening is one line naming the extra.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -71,6 +75,34 @@ def import_openvino() -> ModuleType:
     """The openvino module; without it, a UserError naming the [openvino] extra."""
     require("openvino", "the openvino backend")
     return importlib.import_module("openvino")
+
+
+@functools.cache
+def shared_core() -> ov.Core:
+    """The process's one ov.Core, made on first use and kept until the process exits.
+
+    One Core, not one per open: OpenVINO's CPU plugin (2026.4.1; gdb: sigaltstack called under
+    create_plugin_engine) installs, when a Core first loads it, a 20144-byte sigaltstack
+    (AT_MINSIGSTKSZ + SIGSTKSZ) on the calling thread, remembering the thread's previous one;
+    destroying that plugin puts the previous one back only if its own is still current, and
+    unmaps its own. Two Cores
+    destroyed in the order they were made therefore leave the thread on the first Core's
+    unmapped stack. The next signal with an SA_ONSTACK handler (every Python handler, e.g. the
+    SIGCHLD one torch's DataLoader installs for good once it has had workers) then cannot be
+    delivered: the kernel's force_sigsegv, si_code SI_KERNEL, handler reset, so no faulthandler
+    traceback. Measured (numpy 1.26 and OpenVINO 2026.4.1, AMX CPU, kernel 6.18): the suite with
+    the openvino extra died this way in tests/test_openvino.py, its main thread waiting in
+    subprocess.run for a child after tests/test_gpu_check.py had trained with a DataLoader
+    worker (the core: SIGSEGV, si_code 128, in clock_nanosleep; the main thread's altstack had
+    gone from faulthandler's 59760 bytes to a 20144-byte one). Two Cores deleted first-made-first
+    and then one SIGCHLD with a handler reproduce it alone, under numpy 2.4.6 as under 1.26.4
+    (on a run where the kernel hands the SIGCHLD to the main thread, not another one; numpy's
+    version plays no part); deleted last-made-first they do not. test_a_signal_after_engines_are_closed_is_delivered exits
+    -11 with a Core per open and passes with this one. With one Core for the process the plugin
+    is made once and outlives every compiled model, so no stack is left dangling (it also skips
+    reloading the plugin, 8-85 ms, on every open).
+    """
+    return import_openvino().Core()
 
 
 def cpu_capabilities(core: ov.Core) -> tuple[str, ...]:
@@ -124,7 +156,7 @@ def open_openvino(path: str | Path, precision: str = "fp32", device: str = "cpu"
     if kind not in DEVICES:
         raise UserError(f"the openvino backend runs on {' or '.join(DEVICES)}, not {device!r}")
     config = compile_config(precision, threads, hint)
-    core = import_openvino().Core()
+    core = shared_core()
     manifest = load_manifest(path)
     files = manifest.graph_files(precision)
     if config["INFERENCE_PRECISION_HINT"] == "bf16":
