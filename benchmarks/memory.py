@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openvino_vs_ort import WARMUP, RSS_CLIPS, clip_of, peak_rss_mb
+from openvino_vs_ort import RSS_CLIPS, clip_of, interleaved_ms, peak_rss_mb
 
 from rvos_edge.bench import cpu_flags, environment, latency_stats, machine_name, save_results
 from rvos_edge.check import check_inputs, mask_iou, run_clips
@@ -42,14 +42,7 @@ def measure(folders: dict[str, Path], backend: str, precision: str, clips: int, 
     engines = {label: open_engines(folder, backend, precision, threads=threads) for label, folder in folders.items()}
     first = next(iter(engines.values()))
     feeds = clip_of(first)
-    timers = {label: e.clip.timer(feeds) for label, e in engines.items()}
-    for timed in timers.values():
-        for _ in range(WARMUP):
-            timed()
-    ms: dict[str, list[float]] = {label: [] for label in folders}
-    for _ in range(clips):
-        for label, timed in timers.items():
-            ms[label].append(1000.0 * timed())
+    ms = interleaved_ms(engines, feeds, clips)
     clip_len = first.resolve_clip_len(None)
     tokens, chained = check_inputs(first.config, clip_len, 2, seed=0)
     expected = run_clips(first, tokens, chained)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from exported import exported
-from openvino_vs_ort import clip_of
+from openvino_vs_ort import clip_of, interleaved_ms
 
 from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.artifacts.precision import PRECISIONS
@@ -45,7 +45,6 @@ from rvos_edge.engines import Engines, open_engines
 REPO = Path(__file__).resolve().parents[1]
 QUANTIZERS = ("ort", "nncf")
 SAMPLES = 8
-WARMUP = 2
 
 
 def calibrated(work: Path, model: str, quantizer: str, samples: int) -> tuple[Path, float | None]:
@@ -93,14 +92,7 @@ def measure(work: Path, model: str, samples: int, clips: int, threads: int, vide
                for s, folder in settings(folders).items()}
     reference = engines["fp32", "ort"]
     feeds = clip_of(reference)
-    timers = {s: e.clip.timer(feeds) for s, e in engines.items()}
-    for timed in timers.values():
-        for _ in range(WARMUP):
-            timed()
-    ms: dict[tuple[str, str], list[float]] = {s: [] for s in engines}
-    for _ in range(clips):
-        for s, timed in timers.items():
-            ms[s].append(1000.0 * timed())
+    ms = interleaved_ms(engines, feeds, clips)
     clip_len = reference.resolve_clip_len(None)
     tokens, chained = check_inputs(reference.config, clip_len, 2, seed=0)
     expected = run_clips(reference, tokens, chained)

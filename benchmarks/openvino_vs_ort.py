@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable, TypeVar
 
 import numpy as np
 from exported import exported
@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = (("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
 WARMUP = 2
 RSS_CLIPS = 10
+K = TypeVar("K", bound=Hashable)
 
 
 def export(work: Path, model: str, int8: bool) -> Path:
@@ -76,6 +77,20 @@ def clip_of(engines: Engines) -> dict[str, np.ndarray]:
     frames = np.random.default_rng(0).integers(0, 256, (1, engines.resolve_clip_len(None), cfg.image_size,
                                                         cfg.image_size, 3), dtype=np.uint8)
     return clip_feeds(frames, text, empty_history(cfg), has_history=False)
+
+
+def interleaved_ms(engines: dict[K, Engines], feeds: dict[str, np.ndarray], clips: int) -> dict[K, list[float]]:
+    """ms per clip of each engine's clip graph on `feeds`: WARMUP clips each, then `clips` rounds of one clip
+    per engine in turn, so load from elsewhere on the machine hits them alike."""
+    timers = {key: e.clip.timer(feeds) for key, e in engines.items()}
+    for timed in timers.values():
+        for _ in range(WARMUP):
+            timed()
+    ms: dict[K, list[float]] = {key: [] for key in engines}
+    for _ in range(clips):
+        for key, timed in timers.items():
+            ms[key].append(1000.0 * timed())
+    return ms
 
 
 def startup(folder: Path, threads: int) -> dict[str, float]:
@@ -113,14 +128,7 @@ def measure(folder: Path, clips: int, threads: int) -> dict[str, Any]:
     start = startup(folder, threads)
     engines = {s: open_engines(folder, *s, threads=threads) for s in settings}
     feeds = clip_of(engines[("ort", "fp32")])
-    timers = {s: e.clip.timer(feeds) for s, e in engines.items()}
-    for timed in timers.values():
-        for _ in range(WARMUP):
-            timed()
-    ms: dict[tuple[str, str], list[float]] = {s: [] for s in settings}
-    for _ in range(clips):
-        for s, timed in timers.items():
-            ms[s].append(1000.0 * timed())
+    ms = interleaved_ms(engines, feeds, clips)
     reference = engines[("ort", "fp32")]
     clip_len = reference.resolve_clip_len(None)
     tokens, chained = check_inputs(reference.config, clip_len, 2, seed=0)
