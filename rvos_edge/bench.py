@@ -269,14 +269,16 @@ def _prepared(source: Iterator[tuple[str, np.ndarray]], seg: Segmenter) -> Itera
         yield prepared, time.perf_counter() - t0
 
 
-def _end_to_end(engines: Engines, clip_len: int, video: Path, clips: int, bar: tqdm) -> dict[str, Any]:
+def _end_to_end(engines: Engines, clip_len: int, video: Path, clips: int, bar: tqdm,
+                decode_threads: int) -> dict[str, Any]:
     """Decode + Segmenter over one warm-up clip and `clips` timed clips of `video`.
 
-    As in `run`, a background thread decodes and resizes each frame (`Segmenter.prepare`) while
-    the main thread runs the engine and upsamples; "decode" is the main thread's wait for the
-    next prepared frame, "resize" the background thread's time for the timed frames.
+    As in `run`, a background thread decodes (on `decode_threads`, video.open_video) and resizes
+    each frame (`Segmenter.prepare`) while the main thread runs the engine and upsamples; "decode"
+    is the main thread's wait for the next prepared frame, "resize" the background thread's time
+    for the timed frames.
     """
-    source = open_video(video)
+    source = open_video(video, decode_threads)
     width, height = None, None
     seg = Segmenter(engines, clip_len)
     seg.set_expression(EXPRESSION)
@@ -364,7 +366,7 @@ def run_bench(path: str | Path, backend: str | None = None, precision: str = "fp
         if e2e:
             with tempfile.TemporaryDirectory(prefix="rvos-edge-bench-") as tmp:
                 source = Path(video) if video else write_synthetic_video(Path(tmp) / "bench.mp4", (clips + 1) * clip_len)
-                end_to_end = _end_to_end(engines, clip_len, source, clips, bar)
+                end_to_end = _end_to_end(engines, clip_len, source, clips, bar, 1 if device == "cpu" else 0)
                 if not video:
                     end_to_end["video"] = f"synthetic {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} mp4v"
 

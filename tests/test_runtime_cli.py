@@ -282,6 +282,26 @@ def test_prepare_on_the_decode_thread_and_writing_on_the_writer_thread(
     assert rvos_threads() == []
 
 
+def test_video_decoded_on_one_thread_next_to_a_cpu_engine(art: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from rvos_edge.runtime import video as video_module
+
+    video = write_video(tmp_path / "clip.mp4", 9, fourcc="mp4v", size=(320, 240))
+    frames = {}
+    for threads in (1, 0):
+        source = video_module.open_video(video, decode_threads=threads)
+        if threads:
+            assert source._capture.get(cv2.CAP_PROP_N_THREADS) == 1
+        frames[threads] = [f for _, f in source]
+        source.close()
+    assert len(frames[1]) == 9 and all(np.array_equal(a, b) for a, b in zip(frames[1], frames[0]))
+    asked = []
+    opened = run_module.open_source
+    monkeypatch.setattr(run_module, "open_source", lambda **kw: asked.append(kw["decode_threads"]) or opened(**kw))
+    rc, _, _ = run_cli(capsys, art, "--video", video, "--expr", "box", "--out", tmp_path / "out")
+    assert rc == 0 and asked == [1]
+
+
 def test_writer_error_is_one_line_and_leaves_no_thread(art: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []

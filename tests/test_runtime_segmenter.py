@@ -54,12 +54,21 @@ def frame_with_box(h: int, w: int, t: int) -> np.ndarray:
     return f
 
 
+def halved(frame: np.ndarray) -> np.ndarray:
+    """[H, W, 3] uint8 with even H and W -> [H / 2, W / 2, 3]: the means of 2 x 2 blocks, rounded half up."""
+    assert frame.shape[0] % 2 == 0 and frame.shape[1] % 2 == 0
+    f = frame.astype(np.uint16)
+    return ((f[0::2, 0::2] + f[0::2, 1::2] + f[1::2, 0::2] + f[1::2, 1::2] + 2) // 4).astype(np.uint8)
+
+
 def reference_stream(frames: list[np.ndarray], text: str, tc: int) -> list[tuple[np.ndarray, float]]:
     """Independent pipeline: RGB S x S frames (by the documented interpolation rule), clips of tc
     padded with the last frame, history chained, logits upsampled with torch, mask and score."""
     ref = ref_text(tokenize_for_prompts([text], 2).tokens)
     rgb = []
     for f in frames:
+        while f.shape[0] >= 256 and f.shape[1] >= 256:
+            f = halved(f)
         h, w = f.shape[:2]
         interp = cv2.INTER_AREA if h >= 64 and w >= 64 else cv2.INTER_LINEAR
         rgb.append((f if (h, w) == (64, 64) else cv2.resize(f, (64, 64), interpolation=interp))[..., ::-1])
@@ -202,6 +211,26 @@ def test_prepare_frame_interpolation_rule() -> None:
     assert np.array_equal(prepare_frame(exact, 64), exact[..., ::-1])
     assert np.array_equal(prepare_frame(big[::2, ::2], 64)[0, 0], cv2.resize(
         np.ascontiguousarray(big[::2, ::2]), (64, 64), interpolation=cv2.INTER_AREA)[0, 0, ::-1])
+
+
+def test_large_frames_are_halved_before_the_last_resize() -> None:
+    """A frame at least 4S high and wide is halved (2 x 2 means) while it stays so, then resized once."""
+    rng = np.random.RandomState(1)
+    hd = rng.randint(0, 256, (1080, 1920, 3)).astype(np.uint8)                   # -> 540 x 960 -> 270 x 480 -> 128
+    expected = cv2.resize(halved(halved(hd)), (128, 128), interpolation=cv2.INTER_AREA)[..., ::-1]
+    assert np.array_equal(prepare_frame(hd, 128), expected)
+    square = rng.randint(0, 256, (256, 256, 3)).astype(np.uint8)                 # 4S: halved, then 2 x 2 means again
+    assert np.array_equal(prepare_frame(square, 64), halved(halved(square))[..., ::-1])
+    odd = rng.randint(0, 256, (301, 515, 3)).astype(np.uint8)                    # odd sides: INTER_AREA to 150 x 257
+    once = cv2.resize(odd, (257, 150), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(prepare_frame(odd, 64), cv2.resize(once, (64, 64), interpolation=cv2.INTER_AREA)[..., ::-1])
+    # still an area average: a gradient with a sharp disc stays close to one INTER_AREA
+    ys, xs = np.mgrid[0:1080, 0:1920]
+    disc = np.stack([xs * 255 // 1920, ys * 255 // 1080, np.full_like(xs, 96)], -1).astype(np.uint8)
+    cv2.circle(disc, (640, 540), 180, (0, 0, 230), -1)
+    one = cv2.resize(disc, (128, 128), interpolation=cv2.INTER_AREA)[..., ::-1].astype(int)
+    apart = np.abs(prepare_frame(disc, 128).astype(int) - one)
+    assert apart.mean() < 0.25 and (apart > 2).mean() < 0.005 and apart.max() <= 16
 
 
 def test_empty_frame_gives_empty_mask_and_zero_score(art: Path) -> None:

@@ -18,9 +18,19 @@ void prepare_frame(const cv::Mat& bgr, int size, cv::Mat& rgb) {
         cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
         return;
     }
-    const int interpolation = bgr.rows >= size && bgr.cols >= size ? cv::INTER_AREA : cv::INTER_LINEAR;
-    cv::Mat resized;
-    cv::resize(bgr, resized, cv::Size(size, size), 0, 0, interpolation);
+    // halved while at least 4 * size in both directions (2 x 2 means for even sides), as Python does
+    cv::Mat resized = bgr;
+    while (resized.rows >= 4 * size && resized.cols >= 4 * size) {
+        cv::Mat half;
+        cv::resize(resized, half, cv::Size(resized.cols / 2, resized.rows / 2), 0, 0, cv::INTER_AREA);
+        resized = half;
+    }
+    if (resized.rows != size || resized.cols != size) {
+        const int interpolation = resized.rows >= size && resized.cols >= size ? cv::INTER_AREA : cv::INTER_LINEAR;
+        cv::Mat out;
+        cv::resize(resized, out, cv::Size(size, size), 0, 0, interpolation);
+        resized = out;
+    }
     cv::cvtColor(resized, rgb, cv::COLOR_BGR2RGB);
 }
 

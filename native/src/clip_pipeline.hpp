@@ -5,9 +5,10 @@
 
 namespace rvos_edge::clip_pipeline {
 
-// A BGR CV_8UC3 frame -> RGB size x size into `rgb` (CV_8UC3, allocated by the caller): cv::resize
-// with INTER_AREA when the frame shrinks in both directions, INTER_LINEAR when it grows in at
-// least one; a frame already size x size is only converted. Other frames are an Error.
+// A BGR CV_8UC3 frame -> RGB size x size into `rgb` (CV_8UC3, allocated by the caller): halved
+// (INTER_AREA to cols / 2 x rows / 2) while at least 4 * size in both directions, then cv::resize
+// with INTER_AREA when it shrinks in both directions, INTER_LINEAR when it grows in at least one;
+// a frame already size x size is only converted. Other frames are an Error.
 void prepare_frame(const cv::Mat& bgr, int size, cv::Mat& rgb);
 
 // Mask logits m x m (CV_32F) -> mask at height x width (CV_8U, 255 where the bilinearly

@@ -8,7 +8,8 @@
 The ctest fixture (native/tests/CMakeLists.txt) runs `artifacts`; exports already there
 from the same checkpoint and rvos_edge sources are kept (a stamp file records them).
 The video is lossless (FFV1), so both runtimes decode the same pixels; it has VIDEO_FRAMES
-frames, not a multiple of the demo's clip length, and is not square.
+frames, not a multiple of the demo's clip length, is not square, and is large enough that
+both runtimes halve its frames before the last resize (runtime/pipeline.prepare_frame).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CHECKPOINT = REPO / "rvos_edge" / "assets" / "demo.safetensors.gz"
 VIDEO_FRAMES = 100
-VIDEO_SIZE = (200, 150)        # width, height
+VIDEO_SIZE = (600, 520)        # width, height: at least 4 x the demo's 128, so frames are halved first
 EXPRESSION = "the red circle moving right"
 
 # The strings of tests/test_tokenizer.py, and more that exercise the cleaning the native
@@ -71,10 +72,12 @@ def write_video(path: Path) -> None:
         raise SystemExit(f"fixtures: OpenCV cannot write FFV1 video {path}")
     ys, xs = np.mgrid[0:height, 0:width]
     background = np.stack([xs * 255 // width, ys * 255 // height, np.full_like(xs, 96)], -1).astype(np.uint8)
+    sx, sy = width / 200, height / 150                       # the scene is drawn for 200 x 150
     for t in range(VIDEO_FRAMES):
         frame = background.copy()
-        cv2.circle(frame, (20 + t * 160 // VIDEO_FRAMES, 50), 18, (0, 0, 230), -1)
-        cv2.rectangle(frame, (130, 10 + t), (160, 40 + t), (220, 40, 20), -1)
+        cv2.circle(frame, (round(sx * (20 + t * 160 / VIDEO_FRAMES)), round(sy * 50)), round(sy * 18), (0, 0, 230), -1)
+        cv2.rectangle(frame, (round(sx * 130), round(sy * (10 + t))), (round(sx * 160), round(sy * (40 + t))),
+                      (220, 40, 20), -1)
         writer.write(frame)
     writer.release()
 

@@ -1,6 +1,7 @@
 """The pieces of the clip pipeline (DESIGN.md section 5) that are not model calls.
 
-- `prepare_frame`: a BGR frame of any size -> the RGB S x S frame the engines take;
+- `prepare_frame`: a BGR frame of any size -> the RGB S x S frame the engines take
+  (halved while at least 4S, then one INTER_AREA or INTER_LINEAR);
   `prepare` wraps it with the frame's size as a `PreparedFrame`, so it can run on
   another thread than the engine (the decode thread of `rvos-edge run`).
 - `upsampled_mask`: a clip's mask logits -> the mask and score at a frame's own size
@@ -22,6 +23,7 @@ import numpy as np
 from rvos_edge.errors import UserError
 
 WIDE = 2      # a window wider than 1 / WIDE of the frame is upsampled by cv2 as a whole
+HALVE_FROM = 4   # a frame at least HALVE_FROM x the model's size in both directions is halved first
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -38,16 +40,36 @@ def check_frame(frame: object) -> np.ndarray:
 def prepare_frame(frame: np.ndarray, size: int) -> np.ndarray:
     """BGR frame [H, W, 3] uint8 -> RGB [size, size, 3] uint8 (aspect ratio not kept, as in training).
 
-    Interpolation: cv2.INTER_AREA when the frame shrinks in both directions (it
-    averages the source pixels, so no aliasing), cv2.INTER_LINEAR when it grows
-    in at least one direction (INTER_AREA would blur nothing and alias the growth).
-    A frame already size x size is only converted to RGB.
+    Interpolation:
+    - a frame at least HALVE_FROM * size high and wide is first halved, again and again while
+      it stays so: cv2.INTER_AREA to (W // 2, H // 2), for even W and H the exact 2 x 2 means
+      (a + b + c + d + 2) // 4 of OpenCV's integer path (`halve`);
+    - then cv2.INTER_AREA when it shrinks in both directions (it averages the source pixels,
+      so no aliasing), cv2.INTER_LINEAR when it grows in at least one direction (INTER_AREA
+      would blur nothing and alias the growth); a frame already size x size is only
+      converted to RGB.
+    The halvings are box filters too, and they stop while the last INTER_AREA still averages
+    at least 2 x 2 pixels per output pixel, so the frame is an area average as with one
+    INTER_AREA (a 1920 x 1080 frame with a sharp disc -> 128: 0.18 levels of uint8 apart on
+    average, 0.2% of the values more than 2 apart, at the disc's edge), at a quarter of the
+    cost (0.9 ms against 3.9): INTER_AREA at a non-integer scale visits every source pixel
+    with float weights, on one thread. The native runtime (native/src/clip_pipeline.cpp)
+    does the same, so both see the same pixels.
     """
     h, w = frame.shape[:2]
+    while h >= HALVE_FROM * size and w >= HALVE_FROM * size:
+        frame = halve(frame)
+        h, w = frame.shape[:2]
     if (h, w) != (size, size):
         interpolation = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
         frame = cv2.resize(np.ascontiguousarray(frame), (size, size), interpolation=interpolation)
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def halve(frame: np.ndarray) -> np.ndarray:
+    """[H, W, 3] uint8 -> [H // 2, W // 2, 3]: cv2.INTER_AREA (for even H and W, 2 x 2 means rounded half up)."""
+    h, w = frame.shape[:2]
+    return cv2.resize(np.ascontiguousarray(frame), (w // 2, h // 2), interpolation=cv2.INTER_AREA)
 
 
 @dataclass(frozen=True)

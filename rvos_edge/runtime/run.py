@@ -25,7 +25,8 @@ text features) over the same loaded engines, or with `--server URL` its own stre
 is the calls' round trips).
 
 Three threads: a background thread decodes the source and prepares each frame for
-the engines (resized to S x S RGB, once for all expressions); the main thread runs
+the engines (resized to S x S RGB, once for all expressions; a video is decoded on that
+one thread when the engine runs on this CPU, see video.open_video); the main thread runs
 the engines and upsamples the masks; a writer thread encodes the mask PNGs and the
 overlay. Queues between them are bounded (8 frames ahead, WRITE_QUEUE items behind).
 
@@ -64,7 +65,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rvos_edge.engines import open_engines
+from rvos_edge.engines import default_backend, default_device, open_engines
 from rvos_edge.errors import UserError
 from rvos_edge.fileio import atomic_write_bytes, make_folder, output_folder
 from rvos_edge.runtime.pipeline import PreparedFrame, StageTimes
@@ -298,7 +299,9 @@ def run_command(path: str | None, *, expressions: list[str], video: str | None =
     if max_frames is not None and max_frames < 1:
         raise UserError(f"--max-frames must be >= 1, got {max_frames}")
     out_dir = Path(out) if out is not None else _default_out(video, frames, camera)
-    source = open_source(video=video, frames=frames, camera=camera)
+    # a video is decoded on one thread next to an engine on this CPU, on FFmpeg's threads otherwise
+    engine_here_on_cpu = remote is None and (device or default_device(backend or default_backend(path))) == "cpu"
+    source = open_source(video=video, frames=frames, camera=camera, decode_threads=1 if engine_here_on_cpu else 0)
     segmenters: list[Any] = []
     try:
         new = remote

@@ -7,8 +7,9 @@
 //         for (const auto& r : seg.push(frame)) use(r.index, r.mask, r.score);
 //     for (const auto& r : seg.flush()) use(r.index, r.mask, r.score);
 //
-// - Each pushed frame is resized to S x S with OpenCV exactly as Python does (INTER_AREA when it
-//   shrinks in both directions, INTER_LINEAR otherwise, then BGR -> RGB); only that copy is kept.
+// - Each pushed frame is resized to S x S with OpenCV exactly as Python does (halved while at
+//   least 4S, then INTER_AREA when it shrinks in both directions, INTER_LINEAR otherwise, then
+//   BGR -> RGB); only that copy is kept.
 // - Frames are grouped into clips of clip_len(); push returns the clip's results when a frame
 //   completes it. flush runs a short last clip padded by repeating its last frame; the padded
 //   outputs are dropped.
