@@ -22,11 +22,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from openvino_vs_ort import RSS_CLIPS, clip_of, interleaved_ms, peak_rss_mb
+from openvino_vs_ort import RSS_CLIPS, accuracy_vs, clip_of, interleaved_ms, peak_rss_mb
 
 from rvos_edge.bench import cpu_flags, environment, latency_stats, machine_name, save_results
-from rvos_edge.check import check_inputs, mask_iou, run_clips
 from rvos_edge.engines import open_engines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,16 +42,13 @@ def measure(folders: dict[str, Path], backend: str, precision: str, clips: int, 
     feeds = clip_of(first)
     ms = interleaved_ms(engines, feeds, clips)
     clip_len = first.resolve_clip_len(None)
-    tokens, chained = check_inputs(first.config, clip_len, 2, seed=0)
-    expected = run_clips(first, tokens, chained)
+    accuracy = accuracy_vs(first, engines)
     rows = []
     for label, e in engines.items():
-        got = run_clips(e, tokens, chained)
         stats = latency_stats(ms[label])
         rows.append({"label": label, "folder": str(folders[label]), "preset": e.config.name,
                      "latency_ms": stats, "latencies_ms": ms[label], "fps": 1000.0 * clip_len / stats["p50"],
-                     "max_abs_vs_first": float(np.abs(got - expected).max()),
-                     "mask_iou_vs_first": mask_iou(got > 0, expected > 0),
+                     "max_abs_vs_first": accuracy[label][0], "mask_iou_vs_first": accuracy[label][1],
                      "peak_rss_mb": statistics.median(rss[label]), "peak_rss_runs_mb": rss[label]})
     for r in rows:
         r["speed_vs_first"] = r["fps"] / rows[0]["fps"]

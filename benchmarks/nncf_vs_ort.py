@@ -32,14 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from exported import exported
-from openvino_vs_ort import clip_of, interleaved_ms
+from openvino_vs_ort import accuracy_vs, clip_of, interleaved_ms
 
 from rvos_edge.artifacts.manifest import load_manifest
 from rvos_edge.artifacts.precision import PRECISIONS
 from rvos_edge.bench import cpu_flags, environment, latency_stats, machine_name, save_results
-from rvos_edge.check import check_inputs, mask_iou, run_clips
 from rvos_edge.engines import Engines, open_engines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,13 +92,11 @@ def measure(work: Path, model: str, samples: int, clips: int, threads: int, vide
     feeds = clip_of(reference)
     ms = interleaved_ms(engines, feeds, clips)
     clip_len = reference.resolve_clip_len(None)
-    tokens, chained = check_inputs(reference.config, clip_len, 2, seed=0)
-    expected = run_clips(reference, tokens, chained)
+    accuracy = accuracy_vs(reference, engines)
     held = heldout(engines, videos) if model == "demo" and videos else {}
     rows = []
-    for s, e in engines.items():
-        got = run_clips(e, tokens, chained)
-        max_abs, iou = float(np.abs(got - expected).max()), mask_iou(got > 0, expected > 0)
+    for s in engines:
+        max_abs, iou = accuracy[s]
         stats = latency_stats(ms[s])
         precision = "fp32" if s[0] == "fp32" else "int8"
         rows.append({"quantizer": None if s[0] == "fp32" else s[0], "backend": s[1], "precision": precision,

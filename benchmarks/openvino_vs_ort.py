@@ -93,6 +93,18 @@ def interleaved_ms(engines: dict[K, Engines], feeds: dict[str, np.ndarray], clip
     return ms
 
 
+def accuracy_vs(reference: Engines, engines: dict[K, Engines]) -> dict[K, tuple[float, float]]:
+    """(max abs error, mask IoU) of each engine's mask logits against `reference`'s, on `check`'s inputs
+    (2 chained clips of a synthetic video, rvos_edge.check)."""
+    tokens, chained = check_inputs(reference.config, reference.resolve_clip_len(None), 2, seed=0)
+    expected = run_clips(reference, tokens, chained)
+    out = {}
+    for key, e in engines.items():
+        got = run_clips(e, tokens, chained)
+        out[key] = float(np.abs(got - expected).max()), mask_iou(got > 0, expected > 0)
+    return out
+
+
 def startup(folder: Path, threads: int) -> dict[str, float]:
     """Seconds to open the fp32 graphs in OpenVINO with an empty compiled-model cache, then from it."""
     shutil.rmtree(folder / CACHE_FOLDER, ignore_errors=True)
@@ -131,15 +143,13 @@ def measure(folder: Path, clips: int, threads: int) -> dict[str, Any]:
     ms = interleaved_ms(engines, feeds, clips)
     reference = engines[("ort", "fp32")]
     clip_len = reference.resolve_clip_len(None)
-    tokens, chained = check_inputs(reference.config, clip_len, 2, seed=0)
-    expected = run_clips(reference, tokens, chained)
+    accuracy = accuracy_vs(reference, engines)
     rows = []
-    for s, e in engines.items():
-        got = run_clips(e, tokens, chained)
+    for s in engines:
         stats = latency_stats(ms[s])
         rows.append({"backend": s[0], "precision": s[1], "latency_ms": stats, "latencies_ms": ms[s],
-                     "fps": 1000.0 * clip_len / stats["p50"], "max_abs_vs_ort_fp32": float(np.abs(got - expected).max()),
-                     "mask_iou_vs_ort_fp32": mask_iou(got > 0, expected > 0),
+                     "fps": 1000.0 * clip_len / stats["p50"], "max_abs_vs_ort_fp32": accuracy[s][0],
+                     "mask_iou_vs_ort_fp32": accuracy[s][1],
                      "peak_rss_mb": peak_rss_mb(folder, *s, threads)})
     base = rows[0]["fps"]
     for r in rows:
