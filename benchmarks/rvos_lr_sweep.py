@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "rvos_lr_sweep")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    if args.minutes <= 0 or args.parallel < 1:
+        parser.error("--minutes must be > 0 and --parallel >= 1")
     env = environment()
     clip = write_clip(args.work / "clip.safetensors")
     for start in range(0, len(args.runs), args.parallel):
