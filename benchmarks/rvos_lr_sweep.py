@@ -2,19 +2,22 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/rvos_lr_sweep.py                  # 4 runs of 12 min, 2 at a time
     PYTHONPATH=. .venv/bin/python benchmarks/rvos_lr_sweep.py --minutes 2 --runs acc1-lr1e-3
+    PYTHONPATH=. .venv/bin/python benchmarks/rvos_lr_sweep.py --minutes 80 --runs acc4-lr3e-3 \
+        --videos 200 --name rvos_lr_long                                       # one long run
 
 Every run is `rvos-edge train --stage rvos` on the demo preset from the shipped demo checkpoint's
 CLIP (written once in OpenAI's layout to WORK/clip.safetensors), the prompts and heads from scratch,
-one thread, stopped by `--time-budget` (the cosine follows the time), two runs at a time (one core
-each on a 2-core machine). RUNS: batch 2 at lr 1e-3 (the first leg of the shipped recipe, the one
+one thread, stopped by `--time-budget` (the cosine follows the time), `--parallel` runs at a time
+(default 2: one core each on a 2-core machine). RUNS: batch 2 at lr 1e-3 (the first leg of the shipped recipe, the one
 that plateaued), and batch 2 x `--accumulate 4` at three learning rates; warm-up over the first 200
 samples in each. Each run is then packed with that CLIP and scored by the torch engine on 20 held-out
-synthetic videos (`rvos-edge eval`).
+synthetic videos (`--videos`, default 20; `rvos-edge eval`).
 
 Reported per run: optimizer steps, samples seen, the Dice loss (the mean of the steps logged every
 10 steps, in windows of WINDOW samples; the training loss is Dice 5 + focal 2), and J&F, overall and
 on the motion and reappearance kinds. Writes
-benchmarks/results/<machine>/rvos_lr_sweep.{json,md} (machine: rvos_edge.bench.machine_name).
+benchmarks/results/<machine>/NAME.{json,md} (`--name`, default rvos_lr_sweep; machine:
+rvos_edge.bench.machine_name).
 """
 from __future__ import annotations
 
@@ -36,7 +39,6 @@ from rvos_edge.train.state import read_log  # noqa: E402
 BATCH = 2
 WARMUP_SAMPLES = 200
 WINDOW = 400            # samples per point of the loss curve
-VIDEOS = 20
 RUNS = {"acc1-lr1e-3": (1, 1e-3), "acc4-lr3e-4": (4, 3e-4), "acc4-lr1e-3": (4, 1e-3), "acc4-lr3e-3": (4, 3e-3)}
 
 
@@ -66,7 +68,7 @@ def train(name: str, clip: Path, work: Path, seconds: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def score(name: str, clip: Path, work: Path) -> dict[str, Any]:
+def score(name: str, clip: Path, work: Path, videos: int) -> dict[str, Any]:
     """Steps, samples, the loss curve and J&F of run `name`."""
     accumulate, lr = RUNS[name]
     run = work / name
@@ -74,7 +76,7 @@ def score(name: str, clip: Path, work: Path) -> dict[str, Any]:
     subprocess.run(cli("pack", run / "model.safetensors", "--clip-weights", clip, "--out", packed), check=True,
                    capture_output=True)
     report = run / "jf.json"
-    subprocess.run(cli("eval", packed, "--data", f"synthetic:{HELDOUT_SEED}:{VIDEOS}", "--backend", "torch",
+    subprocess.run(cli("eval", packed, "--data", f"synthetic:{HELDOUT_SEED}:{videos}", "--backend", "torch",
                        "--threads", 2, "--json", report), check=True, capture_output=True)
     log = [e for e in read_log(run) if "loss" in e]
     per_step = BATCH * accumulate
@@ -97,8 +99,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# VLP-RVOS prompt tuning: a learning-rate sweep on {result['machine']}", "",
              (f"{env['cpu_model']}, {env['usable_cores']} cores (load average {env['load_average_1m']:.1f} at the "
               f"start); demo preset from the shipped CLIP, prompts from scratch, batch {BATCH}, one thread per run, "
-              f"two runs at a time, {result['minutes']:g} minutes each (benchmarks/rvos_lr_sweep.py). J&F: torch "
-              f"engine on {VIDEOS} held-out synthetic videos (seed {HELDOUT_SEED})."), "",
+              f"{result['parallel']} run(s) at a time, {result['minutes']:g} minutes each "
+              f"(benchmarks/rvos_lr_sweep.py). J&F: torch engine on {result['videos']} held-out synthetic videos (seed {HELDOUT_SEED})."), "",
              "| run | accumulate | lr | steps | samples | J&F | J | F | motion | reappearance |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['run']} | {r['accumulate']} | {r['lr']:g} | {r['steps']} | {r['samples']} | {r['jf']:.3f} | "
@@ -117,11 +119,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0, help="training time per run")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--videos", type=int, default=20, help="held-out videos J&F is measured on")
+    parser.add_argument("--name", default="rvos_lr_sweep", help="results file stem")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "rvos_lr_sweep")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    if args.minutes <= 0 or args.parallel < 1:
-        parser.error("--minutes must be > 0 and --parallel >= 1")
+    if args.minutes <= 0 or args.parallel < 1 or args.videos < 1:
+        parser.error("--minutes must be > 0, --parallel and --videos >= 1")
     env = environment()
     clip = write_clip(args.work / "clip.safetensors")
     for start in range(0, len(args.runs), args.parallel):
@@ -132,13 +136,14 @@ def main() -> None:
             if proc.returncode != 0:
                 raise SystemExit(f"rvos_lr_sweep: run {name} failed: {err.strip()[-2000:]}")
             print(f"rvos_lr_sweep: {name} trained", flush=True)
-    runs = [score(name, clip, args.work) for name in args.runs]
+    runs = [score(name, clip, args.work, args.videos) for name in args.runs]
     for r in runs:
         print(f"rvos_lr_sweep: {r['run']}: {r['steps']} steps, {r['samples']} samples, J&F {r['jf']:.3f}", flush=True)
-    result = {"machine": machine_name(env), "environment": env, "minutes": args.minutes, "runs": runs}
+    result = {"machine": machine_name(env), "environment": env, "minutes": args.minutes,
+              "parallel": min(args.parallel, len(args.runs)), "videos": args.videos, "runs": runs}
     folder = args.results / result["machine"]
-    save_results(folder, "rvos_lr_sweep", result, markdown(result))
-    print(f"rvos_lr_sweep: {len(runs)} runs -> {folder / 'rvos_lr_sweep.md'}")
+    save_results(folder, args.name, result, markdown(result))
+    print(f"rvos_lr_sweep: {len(runs)} runs -> {folder / args.name}.md")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ accumulation, time budgets and batches made by worker processes."""
 from __future__ import annotations
 
 import functools
+import io
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ from rvos_edge.train.clip_pretrain import (BACKGROUND, CLIPTrainOptions, clip_ba
                                            region_phrase_loss, region_targets, sincos_positions, train_clip, visible,
                                            zero_unused_tokens)
 from rvos_edge.train.loader import step_batches
+from rvos_edge.train.progress import TrainingBar
 from rvos_edge.train.rvos import TrainData, accumulate_gradients, step_batch, warmup_cosine
 from rvos_edge.train.state import read_log, read_state
 
@@ -168,6 +170,21 @@ def test_a_time_budget_stops_the_run_and_saves_the_step_reached(tmp_path):
     assert warmup_cosine(10, 1000, 5, 1.0, time_fraction=1.0) == pytest.approx(0.1)      # time spent: the floor
     assert warmup_cosine(10, 1000, 5, 1.0, time_fraction=0.5) == pytest.approx(0.55)     # half the time: half way
     assert warmup_cosine(2, 1000, 5, 1.0, time_fraction=0.9) == pytest.approx(0.6)       # warm-up goes by steps
+
+
+def test_with_a_time_budget_the_bar_counts_its_seconds_and_names_the_step():
+    out = io.StringIO()
+    bar = TrainingBar("clip tiny", 40, 10**6, time_budget=60, file=out)
+    bar.advance(41, 12.4, loss="1.000")
+    bar.advance(42, 30.6, loss="0.900")
+    assert (bar.bar.n, bar.bar.total) == (31, 60)
+    bar.advance(43, 75.0, loss="0.800")                 # past the budget: the bar stays full, never beyond
+    bar.close()
+    text = out.getvalue()
+    assert bar.bar.n == 60 and "60/60 s" in text and "step=43" in text and "1000000" not in text
+    steps = TrainingBar("train tiny", 40, 50, file=io.StringIO())     # no budget: steps, from the resumed one
+    steps.advance(41, 12.4)
+    assert (steps.bar.n, steps.bar.total) == (41, 50)
 
 
 def test_workers_make_the_same_batches():

@@ -53,7 +53,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.data import HELDOUT_SEED
@@ -66,6 +65,7 @@ from rvos_edge.tokenizer import tokenize
 from rvos_edge.model.vlprvos import clip_arch
 from rvos_edge.runtime.pipeline import prepare_frame
 from rvos_edge.train.loader import check_loop_options, step_batches
+from rvos_edge.train.progress import TrainingBar
 from rvos_edge.train.rvos import warmup_cosine
 from rvos_edge.train.state import (OPTIMIZER_FILE, append_log, leg, read_state, resume, save_optimizer,
                                    save_tensors_atomic, write_state)
@@ -539,9 +539,8 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
                              hard_negatives=opts.hard_negatives, grid=grid)
     t0, losses, done, probing = time.perf_counter(), [], start, 0.0
     curve: list[dict[str, Any]] = []
-    bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc=f"clip {cfg.name}", unit="step",
-               disable=not progress)
-    for step, batch in zip(bar, step_batches(make, start, opts.steps, opts.workers)):
+    bar = TrainingBar(f"clip {cfg.name}", start, opts.steps, opts.time_budget, disable=not progress)
+    for step, batch in zip(range(start, opts.steps), step_batches(make, start, opts.steps, opts.workers)):
         elapsed = time.perf_counter() - t0
         if opts.time_budget is not None and elapsed >= opts.time_budget:
             break
@@ -555,7 +554,7 @@ def train_clip(opts: CLIPTrainOptions, progress: bool = True) -> dict[str, Any]:
         optimizer.step()
         losses.append(parts["loss"])
         done = step + 1
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{parts['batch_accuracy']:.2f}")
+        bar.advance(done, time.perf_counter() - t0, loss=f"{losses[-1]:.3f}", acc=f"{parts['batch_accuracy']:.2f}")
         if done % opts.log_every == 0 or done == opts.steps:
             append_log(out, {"step": done, "lr": optimizer.param_groups[0]["lr"], **parts,
                              "seconds": round(time.perf_counter() - t0 - probing, 2)})

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from rvos_edge.config import ModelConfig, get_config
 from rvos_edge.data import HELDOUT_SEED, Sample, generate, open_dataset
@@ -47,6 +46,7 @@ from rvos_edge.model import VLPRVOS, build_model, load_checkpoint, save_checkpoi
 from rvos_edge.tokenizer import tokenize_for_prompts
 from rvos_edge.runtime.pipeline import prepare_frame
 from rvos_edge.train.loader import check_loop_options, step_batches
+from rvos_edge.train.progress import TrainingBar
 from rvos_edge.train.losses import mask_loss
 from rvos_edge.train.state import OPTIMIZER_FILE, append_log, leg, read_state, resume, save_optimizer, write_state
 
@@ -238,9 +238,8 @@ def train_rvos(opts: RVOSTrainOptions, progress: bool = True) -> dict[str, Any]:
 
     make = functools.partial(step_batch, data, model.config, opts.batch_size, opts.accumulate)
     t0, history, done = time.perf_counter(), [], start
-    bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc=f"train {model.config.name}",
-               unit="step", disable=not progress)
-    for step, batches in zip(bar, step_batches(make, start, opts.steps, opts.workers)):
+    bar = TrainingBar(f"train {model.config.name}", start, opts.steps, opts.time_budget, disable=not progress)
+    for step, batches in zip(range(start, opts.steps), step_batches(make, start, opts.steps, opts.workers)):
         elapsed = time.perf_counter() - t0
         if opts.time_budget is not None and elapsed >= opts.time_budget:
             break
@@ -250,7 +249,7 @@ def train_rvos(opts: RVOSTrainOptions, progress: bool = True) -> dict[str, Any]:
         parts = train_step(model, optimizer, [b.to(opts.device) for b in batches], opts.grad_clip)
         history.append(parts["loss"])
         done = step + 1
-        bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        bar.advance(done, time.perf_counter() - t0, loss=f"{parts['loss']:.3f}")
         if done % opts.log_every == 0 or done == opts.steps:
             append_log(out, {"step": done, "lr": optimizer.param_groups[0]["lr"],
                              "seconds": round(time.perf_counter() - t0, 2), **parts})
