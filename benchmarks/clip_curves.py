@@ -5,8 +5,8 @@
 
 reads each run folder's train_log.jsonl (the probe entries `--probe-every` writes) and
 train_state.json (the options, the legs' wall time), and writes
-results/<machine>/clip_probe_curves.{json,md} (machine: rvos_edge.bench.machine_name, e.g.
-intel-xeon-2c). Minutes are training time without the probes' own time.
+results/<machine>/NAME.{json,md} (`--name`, default clip_probe_curves; machine:
+rvos_edge.bench.machine_name, e.g. intel-xeon-2c). Minutes are training time without the probes' own time.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from rvos_edge.fileio import atomic_write_bytes  # noqa: E402
 from rvos_edge.train.clip_pretrain import PROBES  # noqa: E402
 from rvos_edge.train.state import read_log  # noqa: E402
 
-NAME = "clip_probe_curves"
 
 
 def curve(folder: Path) -> dict[str, Any]:
@@ -69,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", action="append", required=True, metavar="NAME=DIR", help="a `train --stage clip` folder")
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    ap.add_argument("--name", default="clip_probe_curves", help="results file stem")
     ap.add_argument("--note", default="", help="a line written under the title (how the runs were made)")
     args = ap.parse_args(argv)
     runs = {}
@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_name(environment())
     out = args.out or ROOT / "benchmarks" / "results" / machine
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / f"{NAME}.json", (json.dumps({"machine": machine, "note": args.note, "runs": runs},
+    atomic_write_bytes(out / f"{args.name}.json", (json.dumps({"machine": machine, "note": args.note, "runs": runs},
                                                          indent=1) + "\n").encode())
     text = markdown(runs, machine)
     if args.note:
         text = text.replace("\n\n", f"\n\n{args.note}\n\n", 1)
-    atomic_write_bytes(out / f"{NAME}.md", text.encode())
-    print(f"wrote {out}/{NAME}.{{json,md}}")
+    atomic_write_bytes(out / f"{args.name}.md", text.encode())
+    print(f"wrote {out}/{args.name}.{{json,md}}")
     return 0
 
 

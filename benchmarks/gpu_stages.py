@@ -74,8 +74,11 @@ GPU = Sizes(
     #   0.46 TFLOP, 30-60 ms on the GPU; a sample takes ~8 ms of one core to make, so 15
     #   workers make ~1,900/s against ~500-1,000/s used. 120 s: ~2,000-4,000 steps, 60-120 k
     #   samples (the shipped model saw 15 k).
+    #   Its lr is 3e-3: on the CPU, batch 2 x 4 accumulated at 3e-3 beat 1e-3 and 3e-4
+    #   (benchmarks/results/intel-xeon-2c/rvos_lr_sweep.md) and stayed stable for 80 minutes
+    #   (rvos_lr_long.md); a batch of 32 is four times that one.
     # Both legs stop on the clock (--time-budget), so a slower GPU trains less, never longer.
-    train_seconds=300, train_reserve_s=45, train_batches=(256, 32), train_lrs=(1e-3, 1e-3), train_workers=15,
+    train_seconds=300, train_reserve_s=45, train_batches=(256, 32), train_lrs=(1e-3, 3e-3), train_workers=15,
     train_probe_every=1000, train_eval_videos=100)
 DRY = Sizes(
     presets=("tiny",), batches=(1, 2), dtypes=("float16", "bfloat16"), warmup=1, reps=3,

@@ -98,9 +98,10 @@ def markdown(result: dict[str, Any]) -> str:
     points = sorted({p["samples"] for r in runs for p in r["curve"]})
     lines = [f"# VLP-RVOS prompt tuning: a learning-rate sweep on {result['machine']}", "",
              (f"{env['cpu_model']}, {env['usable_cores']} cores (load average {env['load_average_1m']:.1f} at the "
-              f"start); demo preset from the shipped CLIP, prompts from scratch, batch {BATCH}, one thread per run, "
+              f"start); demo preset on {result['clip']}, prompts from scratch, batch {BATCH}, one thread per run, "
               f"{result['parallel']} run(s) at a time, {result['minutes']:g} minutes each "
-              f"(benchmarks/rvos_lr_sweep.py). J&F: torch engine on {result['videos']} held-out synthetic videos (seed {HELDOUT_SEED})."), "",
+              f"(benchmarks/rvos_lr_sweep.py). J&F: torch engine on {result['videos']} held-out synthetic videos "
+              f"(seed {HELDOUT_SEED})."), "",
              "| run | accumulate | lr | steps | samples | J&F | J | F | motion | reappearance |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['run']} | {r['accumulate']} | {r['lr']:g} | {r['steps']} | {r['samples']} | {r['jf']:.3f} | "
@@ -121,13 +122,17 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--videos", type=int, default=20, help="held-out videos J&F is measured on")
     parser.add_argument("--name", default="rvos_lr_sweep", help="results file stem")
+    parser.add_argument("--clip", type=Path, help="OpenAI-layout CLIP weights under the model (default: the shipped "
+                        "demo checkpoint's, written to WORK/clip.safetensors)")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "rvos_lr_sweep")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.minutes <= 0 or args.parallel < 1 or args.videos < 1:
         parser.error("--minutes must be > 0, --parallel and --videos >= 1")
     env = environment()
-    clip = write_clip(args.work / "clip.safetensors")
+    clip = args.clip or write_clip(args.work / "clip.safetensors")
+    if not clip.is_file():
+        parser.error(f"--clip {clip}: no such file")
     for start in range(0, len(args.runs), args.parallel):
         group = args.runs[start:start + args.parallel]
         procs = {name: train(name, clip, args.work, round(60 * args.minutes)) for name in group}
@@ -140,6 +145,7 @@ def main() -> None:
     for r in runs:
         print(f"rvos_lr_sweep: {r['run']}: {r['steps']} steps, {r['samples']} samples, J&F {r['jf']:.3f}", flush=True)
     result = {"machine": machine_name(env), "environment": env, "minutes": args.minutes,
+              "clip": f"the CLIP {args.clip}" if args.clip else "the shipped demo checkpoint's CLIP",
               "parallel": min(args.parallel, len(args.runs)), "videos": args.videos, "runs": runs}
     folder = args.results / result["machine"]
     save_results(folder, args.name, result, markdown(result))
