@@ -54,8 +54,13 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def server_process(path: str | Path, *flags: str, ready_timeout_s: float = 120.0,
-                   stop_timeout_s: float = 30.0) -> Iterator[ServerProcess]:
-    """`rvos-edge serve path --port P *flags` on a free port P of 127.0.0.1, once it serves."""
+                   stop_timeout_s: float = 75.0) -> Iterator[ServerProcess]:
+    """`rvos-edge serve path --port P *flags` on a free port P of 127.0.0.1, once it serves.
+
+    On exit it sends Ctrl-C and waits `stop_timeout_s` before killing it. PyTriton's own stop waits
+    up to 30 s for tritonserver before killing it, so the wait here is longer than that: a
+    tritonserver slow to exit then still ends in the serve command's "stopped" line (a 30 s wait
+    cut two such stops short in one CI run)."""
     port = free_port()
     cmd = [sys.executable, "-m", "rvos_edge.cli", "serve", str(path), "--port", str(port), *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
