@@ -25,7 +25,6 @@ from rvos_edge.train.clip_pretrain import PROBES  # noqa: E402
 from rvos_edge.train.state import read_log  # noqa: E402
 
 
-
 def curve(folder: Path) -> dict[str, Any]:
     """One run: its options, wall time and its probe curve [{step, minutes, <probe>..., shuffle}]."""
     state = json.loads((folder / "train_state.json").read_text())

@@ -6,7 +6,7 @@
         --videos 200 --name rvos_lr_long                                       # one long run
 
 Every run is `rvos-edge train --stage rvos` on the demo preset from the shipped demo checkpoint's
-CLIP (written once in OpenAI's layout to WORK/clip.safetensors), the prompts and heads from scratch,
+CLIP, or the one `--clip` names (written once in OpenAI's layout to WORK/clip.safetensors), the prompts and heads from scratch,
 one thread, stopped by `--time-budget` (the cosine follows the time), `--parallel` runs at a time
 (default 2: one core each on a 2-core machine). RUNS: batch 2 at lr 1e-3 (the first leg of the shipped recipe, the one
 that plateaued), and batch 2 x `--accumulate 4` at three learning rates; warm-up over the first 200
