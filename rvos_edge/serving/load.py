@@ -59,8 +59,7 @@ def server_process(path: str | Path, *flags: str, ready_timeout_s: float = 120.0
 
     On exit it sends Ctrl-C and waits `stop_timeout_s` before killing it. PyTriton's own stop waits
     up to 30 s for tritonserver before killing it, so the wait here is longer than that: a
-    tritonserver slow to exit then still ends in the serve command's "stopped" line (a 30 s wait
-    cut two such stops short in one CI run)."""
+    tritonserver slow to exit then still ends in the serve command's "stopped" line."""
     port = free_port()
     cmd = [sys.executable, "-m", "rvos_edge.cli", "serve", str(path), "--port", str(port), *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
